@@ -1,0 +1,5 @@
+import sys
+
+from sidecar.entry import main
+
+sys.exit(main())

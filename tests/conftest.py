@@ -1,0 +1,1 @@
+"""Shared fixtures: see the fixture modules listed in pytest_plugins."""
