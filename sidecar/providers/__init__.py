@@ -1,0 +1,1 @@
+"""CDN providers behind one small interface (see base.py); one module per CDN."""
