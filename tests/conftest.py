@@ -1,1 +1,14 @@
-"""Shared fixtures: see the fixture modules listed in pytest_plugins."""
+"""Shared fixtures: real redis-server processes (tests/redis_fixtures.py), and structured logs
+shown for failing tests."""
+
+import pytest
+
+from sidecar import logs
+
+pytest_plugins = ["tests.redis_fixtures"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _json_logs() -> None:
+    """Structured log lines on stderr: pytest shows them for a failing test."""
+    logs.setup("info")
