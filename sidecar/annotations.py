@@ -1,0 +1,395 @@
+"""Per-app settings from a Deployment's `cache-buster.io/*` annotations.
+
+Pure functions over the raw Deployment dict (no Kubernetes client models), stdlib only: the
+reporter may import `parse_probe` and `parse_version_url`. A bad annotation is one
+`AnnotationError` naming the Deployment and the annotation; the aggregator reports it for that
+app and goes on with the others (DESIGN, guarantee 5).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+PREFIX = "cache-buster.io/"
+NAME = PREFIX + "name"
+DOMAINS = PREFIX + "domains"
+PATHS = PREFIX + "paths"
+PROVIDER = PREFIX + "provider"
+DISTRIBUTION_ID = PREFIX + "distribution-id"
+ZONE = PREFIX + "zone"
+CONTAINER = PREFIX + "container"
+WEBHOOKS = PREFIX + "webhooks"
+PURGE_ON_ROLLBACK = PREFIX + "purge-on-rollback"
+# On the pod template (the reporter reads them through the Downward API).
+PROBE = PREFIX + "probe"
+VERSION_URL = PREFIX + "version-url"
+
+DEPLOYMENT_ANNOTATIONS = (
+    NAME,
+    DOMAINS,
+    PATHS,
+    PROVIDER,
+    DISTRIBUTION_ID,
+    ZONE,
+    CONTAINER,
+    WEBHOOKS,
+    PURGE_ON_ROLLBACK,
+)
+POD_TEMPLATE_ANNOTATIONS = (PROBE, VERSION_URL)
+
+# Known provider names; some may not be implemented yet (the aggregator reports that).
+PROVIDERS = ("cloudfront", "cloudflare", "fastly", "http")
+DEFAULT_PROVIDER = "cloudfront"
+DEFAULT_PATHS = ("/*",)
+# CloudFront accepts at most 3000 paths per invalidation.
+MAX_PATHS = 3000
+NO_WEBHOOKS = "none"
+
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_HOST_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# CloudFront ids are upper-case letters and digits (AWS examples: E2QWRUHAPOMQZL).
+_DISTRIBUTION_ID = re.compile(r"^[A-Z0-9]{10,20}$")
+_ZONE_ID = re.compile(r"^[0-9a-f]{32}$")
+_HOOK_NAME = re.compile(r"^[^\s,]+$")
+
+
+class AnnotationError(ValueError):
+    """`deployment shop/web: annotation cache-buster.io/paths: "index.html" must start with "/"`"""
+
+    def __init__(self, annotation: str, message: str, *, deployment: str = "") -> None:
+        self.annotation = annotation
+        self.message = message
+        self.deployment = deployment
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        parts = []
+        if self.deployment:
+            parts.append(f"deployment {self.deployment}")
+        if self.annotation:
+            parts.append(f"annotation {self.annotation}")
+        parts.append(self.message)
+        return ": ".join(parts)
+
+    def for_deployment(self, deployment: str) -> AnnotationError:
+        return AnnotationError(self.annotation, self.message, deployment=deployment)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How the reporter checks its app: `kind` "http" (GET `url`, 2xx/3xx passes) or "tcp"
+    (connect to `host`:`port`)."""
+
+    kind: str
+    host: str
+    port: int
+    url: str | None = None
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    namespace: str
+    deployment: str
+    # The app key: the same on every cluster of the group.
+    app: str
+    # The watched container and its image as the pod template has it.
+    container: str
+    image: str
+    # Empty: derived later from the Ingress (seed 1) or the Service's Ingresses.
+    domains: tuple[str, ...] = ()
+    paths: tuple[str, ...] = DEFAULT_PATHS
+    provider: str = DEFAULT_PROVIDER
+    distribution_id: str | None = None
+    zone: str | None = None
+    # Extra hook names from the webhooks config, or ("none",) to turn every hook off.
+    webhooks: tuple[str, ...] = ()
+    purge_on_rollback: bool = False
+    # Pod template annotations (sidecar mode), validated here so errors are reported once.
+    probe: Probe | None = None
+    version_url: str | None = None
+    # `cache-buster.io/*` annotations nobody reads: most likely typos, worth a warning.
+    unknown_annotations: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.deployment}"
+
+    @property
+    def webhooks_disabled(self) -> bool:
+        return self.webhooks == (NO_WEBHOOKS,)
+
+
+def _deployment_ref(deployment: Mapping[str, Any]) -> str:
+    meta = deployment.get("metadata") or {}
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name') or '?'}"
+
+
+def _annotations(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    meta = (obj or {}).get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    return annotations if isinstance(annotations, Mapping) else {}
+
+
+def _containers(deployment: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    template = (deployment.get("spec") or {}).get("template") or {}
+    containers = (template.get("spec") or {}).get("containers") or []
+    return [c for c in containers if isinstance(c, Mapping)]
+
+
+def _pick_container(deployment: Mapping[str, Any], name: str | None) -> Mapping[str, Any]:
+    containers = _containers(deployment)
+    if not containers:
+        raise AnnotationError("", "the pod template has no containers")
+    if name is None:
+        return containers[0]
+    for c in containers:
+        if c.get("name") == name:
+            return c
+    names = ", ".join(str(c.get("name")) for c in containers)
+    raise AnnotationError(
+        CONTAINER, f"no container {json.dumps(name)} in the pod template ({names})"
+    )
+
+
+def watched_image(deployment: Mapping[str, Any], container: str | None = None) -> str:
+    """The image of the watched container: `container`, else the annotation's, else the first
+    (seed 1). Raises AnnotationError when the container does not exist."""
+    if container is None:
+        value = _annotations(deployment).get(CONTAINER)
+        container = value.strip() if isinstance(value, str) and value.strip() else None
+    try:
+        image = _pick_container(deployment, container).get("image")
+    except AnnotationError as e:
+        raise e.for_deployment(_deployment_ref(deployment)) from None
+    if not isinstance(image, str) or not image:
+        raise AnnotationError(
+            "",
+            f"container {container or 'first'} has no image",
+            deployment=_deployment_ref(deployment),
+        )
+    return image
+
+
+def _list(annotation: str, value: str) -> list[str]:
+    items = [item.strip() for item in value.split(",")]
+    items = [item for item in items if item]
+    if not items:
+        raise AnnotationError(annotation, "is empty; remove it to use the default")
+    # Order kept, repeats dropped.
+    return list(dict.fromkeys(items))
+
+
+def parse_domain(domain: str) -> str:
+    """A lower-cased host name; `*.example.com` allowed. Raises ValueError."""
+    host = domain.strip().lower().rstrip(".")
+    labels = host.split(".")
+    if len(host) > 253 or len(labels) < 2:
+        raise ValueError(f"{json.dumps(domain)} is not a fully qualified host name")
+    for i, label in enumerate(labels):
+        if label == "*" and i == 0:
+            continue
+        if len(label) > 63 or not _HOST_LABEL.match(label):
+            raise ValueError(f"{json.dumps(domain)} is not a valid host name")
+    if labels[-1].isdigit():
+        raise ValueError(f"{json.dumps(domain)} is an address, not a host name")
+    return host
+
+
+def _paths(value: str) -> tuple[str, ...]:
+    paths = _list(PATHS, value)
+    for p in paths:
+        if not p.startswith("/"):
+            raise AnnotationError(PATHS, f'{json.dumps(p)} must start with "/"')
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in p):
+            raise AnnotationError(PATHS, f"{json.dumps(p)} contains whitespace or control chars")
+    if len(paths) > MAX_PATHS:
+        raise AnnotationError(PATHS, f"{len(paths)} paths; at most {MAX_PATHS} per purge")
+    return tuple(paths)
+
+
+def _bool(annotation: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    raise AnnotationError(annotation, f'expected "true" or "false"; got {json.dumps(value)}')
+
+
+def parse_probe(value: str) -> Probe:
+    """`http://127.0.0.1:8080/healthz`, `https://...`, `tcp://127.0.0.1:8080`, `tcp:8080` or a
+    bare port `8080` (TCP on 127.0.0.1). Raises ValueError."""
+    text = value.strip()
+    if text.isdigit() or (text.startswith("tcp:") and not text.startswith("tcp://")):
+        port_text = text.removeprefix("tcp:")
+        return Probe(kind="tcp", host="127.0.0.1", port=_probe_port(port_text, value))
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{json.dumps(value)} is not a valid URL") from None
+    if parts.scheme in ("http", "https") and parts.hostname:
+        default = 443 if parts.scheme == "https" else 80
+        return Probe(kind="http", host=parts.hostname, port=port or default, url=text)
+    if parts.scheme == "tcp" and parts.hostname and port:
+        if parts.path not in ("", "/"):
+            raise ValueError(f"{json.dumps(value)}: a tcp probe has no path")
+        return Probe(kind="tcp", host=parts.hostname, port=port)
+    raise ValueError(
+        f"{json.dumps(value)}: expected an http(s):// URL, tcp://host:port, tcp:PORT or a port"
+    )
+
+
+def _probe_port(text: str, value: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{json.dumps(value)}: port must be a number from 1 to 65535")
+    return int(text)
+
+
+def parse_version_url(value: str) -> str:
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"{json.dumps(value)} is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{json.dumps(value)}: expected an http:// or https:// URL")
+    return text
+
+
+def app_config(deployment: Mapping[str, Any]) -> AppConfig:
+    """Validate a Deployment's annotations. Raises AnnotationError for the first bad one."""
+    ref = _deployment_ref(deployment)
+    try:
+        return _app_config(deployment)
+    except AnnotationError as e:
+        raise e.for_deployment(ref) from None
+
+
+def _app_config(deployment: Mapping[str, Any]) -> AppConfig:
+    meta = deployment.get("metadata") or {}
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        raise AnnotationError("", "the Deployment has no name")
+    namespace = meta.get("namespace") or "default"
+    raw = _annotations(deployment)
+    ann: dict[str, str] = {}
+    for key, value in raw.items():
+        if isinstance(key, str) and key.startswith(PREFIX):
+            if not isinstance(value, str):
+                raise AnnotationError(key, "expected a string value")
+            ann[key] = value
+
+    app = name
+    if NAME in ann:
+        app = ann[NAME].strip()
+        if not (0 < len(app) <= 63 and _LABEL_VALUE.match(app)):
+            raise AnnotationError(
+                NAME,
+                f"{json.dumps(ann[NAME])} must be 1 to 63 letters, digits, '-', '_' or '.', "
+                "starting and ending with a letter or digit",
+            )
+
+    domains: tuple[str, ...] = ()
+    if DOMAINS in ann:
+        try:
+            domains = tuple(dict.fromkeys(parse_domain(d) for d in _list(DOMAINS, ann[DOMAINS])))
+        except ValueError as e:
+            if isinstance(e, AnnotationError):
+                raise
+            raise AnnotationError(DOMAINS, str(e)) from None
+
+    paths = _paths(ann[PATHS]) if PATHS in ann else DEFAULT_PATHS
+
+    provider = DEFAULT_PROVIDER
+    if PROVIDER in ann:
+        provider = ann[PROVIDER].strip().lower()
+        if provider not in PROVIDERS:
+            raise AnnotationError(
+                PROVIDER, f"{json.dumps(ann[PROVIDER])} is not one of {', '.join(PROVIDERS)}"
+            )
+
+    distribution_id = None
+    if DISTRIBUTION_ID in ann:
+        distribution_id = ann[DISTRIBUTION_ID].strip()
+        if not _DISTRIBUTION_ID.match(distribution_id):
+            raise AnnotationError(
+                DISTRIBUTION_ID,
+                f"{json.dumps(ann[DISTRIBUTION_ID])} is not a CloudFront distribution id "
+                "(10 to 20 upper-case letters and digits, like E2QWRUHAPOMQZL)",
+            )
+
+    zone = None
+    if ZONE in ann:
+        zone = ann[ZONE].strip().lower()
+        if not _ZONE_ID.match(zone):
+            raise AnnotationError(
+                ZONE, f"{json.dumps(ann[ZONE])} is not a Cloudflare zone id (32 hex characters)"
+            )
+
+    container_name = ann[CONTAINER].strip() if CONTAINER in ann else None
+    if container_name == "":
+        raise AnnotationError(CONTAINER, "is empty; remove it to watch the first container")
+    container = _pick_container(deployment, container_name)
+    image = container.get("image")
+    cname = container.get("name")
+    if not isinstance(image, str) or not image or not isinstance(cname, str):
+        raise AnnotationError("", f"container {cname} has no image")
+
+    webhooks: tuple[str, ...] = ()
+    if WEBHOOKS in ann:
+        names = _list(WEBHOOKS, ann[WEBHOOKS])
+        if any(n.lower() == NO_WEBHOOKS for n in names):
+            if len(names) > 1:
+                raise AnnotationError(WEBHOOKS, f'"{NO_WEBHOOKS}" cannot be combined with names')
+            webhooks = (NO_WEBHOOKS,)
+        else:
+            for n in names:
+                if not _HOOK_NAME.match(n):
+                    raise AnnotationError(WEBHOOKS, f"{json.dumps(n)} is not a webhook name")
+            webhooks = tuple(names)
+
+    purge_on_rollback = (
+        _bool(PURGE_ON_ROLLBACK, ann[PURGE_ON_ROLLBACK]) if PURGE_ON_ROLLBACK in ann else False
+    )
+
+    template_ann = _annotations((deployment.get("spec") or {}).get("template"))
+    probe = None
+    if isinstance(template_ann.get(PROBE), str):
+        try:
+            probe = parse_probe(template_ann[PROBE])
+        except ValueError as e:
+            raise AnnotationError(f"{PROBE} (pod template)", str(e)) from None
+    version_url = None
+    if isinstance(template_ann.get(VERSION_URL), str):
+        try:
+            version_url = parse_version_url(template_ann[VERSION_URL])
+        except ValueError as e:
+            raise AnnotationError(f"{VERSION_URL} (pod template)", str(e)) from None
+
+    known = set(DEPLOYMENT_ANNOTATIONS)
+    unknown = tuple(sorted(k for k in ann if k not in known))
+
+    return AppConfig(
+        namespace=namespace,
+        deployment=name,
+        app=app,
+        container=cname,
+        image=image,
+        domains=domains,
+        paths=paths,
+        provider=provider,
+        distribution_id=distribution_id,
+        zone=zone,
+        webhooks=webhooks,
+        purge_on_rollback=purge_on_rollback,
+        probe=probe,
+        version_url=version_url,
+        unknown_annotations=unknown,
+    )
