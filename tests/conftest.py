@@ -1,11 +1,11 @@
-"""Shared fixtures: real redis-server processes (tests/redis_fixtures.py), and structured logs
-shown for failing tests."""
+"""Shared fixtures: real redis-server processes (tests/redis_fixtures.py), the emulated world
+(tests/world_fixtures.py), and structured logs shown for failing tests."""
 
 import pytest
 
 from sidecar import logs
 
-pytest_plugins = ["tests.redis_fixtures"]
+pytest_plugins = ["tests.redis_fixtures", "tests.world_fixtures"]
 
 
 @pytest.fixture(autouse=True, scope="session")

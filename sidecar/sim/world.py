@@ -1,0 +1,360 @@
+"""The emulated world, composed: a Kubernetes API with its Deployment controller, CloudFront,
+a webhook receiver, Redis (a real server's URL, or fakeredis over TCP in process), and the
+pods' sidecars running the reporter's own write path. Used by the scenario tests, the demo and
+the benchmarks, so all three exercise the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sidecar.aggregator import Aggregator, AggregatorOptions
+from sidecar.logs import get_logger
+from sidecar.providers.cloudfront import CloudFrontProvider
+from sidecar.reporter import Observation, Reporter, ReporterConfig
+from sidecar.resp import RedisAddress, RespClient, parse_redis_url
+from sidecar.sim.cloudfront import CloudFrontEmulator
+from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
+from sidecar.sim.webhook_receiver import WebhookReceiver
+from sidecar.webhooks import WebhookSender, parse_webhooks
+
+log = get_logger("sim.world")
+
+Obj = dict[str, Any]
+
+
+def _ready(pod: Mapping[str, Any]) -> bool:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+class PodFleet:
+    """The cache-buster sidecar of every pod in a namespace, in one thread: each pod gets the
+    real `Reporter` (its write path, record format and heartbeats); the pod's Ready condition
+    stands for the local probe the real sidecar would run."""
+
+    def __init__(
+        self,
+        kube: KubeEmulator,
+        namespace: str,
+        redis: RedisAddress,
+        *,
+        interval: float = 0.5,
+        poll: float = 0.02,
+    ) -> None:
+        self._kube = kube
+        self._namespace = namespace
+        self._redis = redis
+        self._interval = interval
+        self._poll = poll
+        self._client = RespClient(redis, timeout=2.0, client_name="sim-fleet")
+        self._reporters: dict[str, Reporter] = {}
+        self._last: dict[str, tuple[bool, float]] = {}
+        self._withdrawn: set[str] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.paused = threading.Event()  # set: the sidecars stop reporting (a test's fault)
+
+    def start(self) -> PodFleet:
+        self._thread = threading.Thread(target=self._run, name="pod-fleet", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._client.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._poll):
+            if self.paused.is_set():
+                continue
+            try:
+                self._tick()
+            except Exception as exc:  # Redis down: the real reporter retries too
+                self._client.close()
+                log.debug("sim.fleet.error", error=str(exc)[:200])
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        seen: set[str] = set()
+        for pod in self._kube.pods(self._namespace):
+            meta = pod["metadata"]
+            name = meta["name"]
+            seen.add(name)
+            reporter = self._reporters.get(name)
+            if reporter is None:
+                config = ReporterConfig(
+                    pod=name,
+                    namespace=self._namespace,
+                    redis=self._redis,
+                    uid=meta.get("uid", ""),
+                    template_hash=(meta.get("labels") or {}).get("pod-template-hash", ""),
+                    interval=self._interval,
+                )
+                reporter = self._reporters[name] = Reporter(config, self._client)
+            if meta.get("deletionTimestamp"):
+                if name not in self._withdrawn:
+                    reporter.withdraw()  # what the sidecar does on SIGTERM
+                    self._withdrawn.add(name)
+                continue
+            ready = _ready(pod)
+            last = self._last.get(name)
+            if last is None or last[0] != ready or now - last[1] >= self._interval:
+                reporter.write(Observation(probe_ok=ready))
+                self._last[name] = (ready, now)
+        for gone in set(self._reporters) - seen:
+            self._reporters.pop(gone, None)
+            self._last.pop(gone, None)
+            self._withdrawn.discard(gone)
+
+
+class FakeRedisServer:
+    """fakeredis behind a real TCP port, in process: the demo's Redis (no redis-server)."""
+
+    def __init__(self) -> None:
+        from fakeredis import TcpFakeServer
+
+        self._server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"redis://{host!s}:{port}/0"
+
+    def start(self) -> FakeRedisServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class World:
+    def __init__(
+        self,
+        *,
+        namespace: str = "shop",
+        time_scale: float = 0.05,
+        ready_after: float | None = None,
+        completion_delay: float = 0.1,
+        redis_url: str | None = None,
+        report_interval: float = 0.5,
+    ) -> None:
+        self.namespace = namespace
+        self.kube = KubeEmulator(ready_after=ready_after, time_scale=time_scale)
+        self.cloudfront = CloudFrontEmulator(completion_delay=completion_delay)
+        self.receiver = WebhookReceiver()
+        self._own_redis: FakeRedisServer | None = None
+        self._redis_url = redis_url
+        self._report_interval = report_interval
+        self.fleet: PodFleet | None = None
+        self.aggregators: list[Aggregator] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> World:
+        self.kube.start()
+        self.cloudfront.start()
+        self.receiver.start()
+        return self
+
+    def stop(self) -> None:
+        for agg in self.aggregators:
+            agg.stop()
+        if self.fleet is not None:
+            self.fleet.stop()
+        if self._own_redis is not None:
+            self._own_redis.stop()
+        self.receiver.stop()
+        self.cloudfront.stop()
+        self.kube.stop()
+
+    def __enter__(self) -> World:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def redis_url(self) -> str:
+        if self._redis_url is None:
+            self._own_redis = FakeRedisServer().start()
+            self._redis_url = self._own_redis.url
+        return self._redis_url
+
+    def start_sidecars(self) -> PodFleet:
+        """Every pod of the namespace gets its reporter (the kustomize component's job)."""
+        if self.fleet is None:
+            self.fleet = PodFleet(
+                self.kube,
+                self.namespace,
+                parse_redis_url(self.redis_url),
+                interval=self._report_interval,
+            ).start()
+        return self.fleet
+
+    # -- cache-buster -----------------------------------------------------------------------
+    def webhooks_config(self, names: list[str], **hook: Any) -> str:
+        """A seed-1-style webhooks file pointing every named hook at the receiver."""
+        return json.dumps(
+            {
+                "webhooks": [
+                    {"name": n, "url": f"{self.receiver.url}/{n}", "method": "POST", **hook}
+                    for n in names
+                ]
+            }
+        )
+
+    def provider(self, **kw: Any) -> CloudFrontProvider:
+        return CloudFrontProvider(
+            client_factory=self.cloudfront.boto3_client,
+            poll_interval=kw.pop("poll_interval", 0.05),
+            backoff_base=kw.pop("backoff_base", 0.05),
+            backoff_cap=kw.pop("backoff_cap", 0.5),
+            miss_refresh_interval=kw.pop("miss_refresh_interval", 0.0),
+            **kw,
+        )
+
+    def aggregator(
+        self,
+        identity: str = "aggregator-0",
+        *,
+        mode: str = "watcher",
+        webhooks: str | None = None,
+        start: bool = True,
+        **options: Any,
+    ) -> Aggregator:
+        import redis
+
+        defaults: dict[str, Any] = {
+            "lease_duration": 1.5,
+            "renew_deadline": 1.0,
+            "retry_period": 0.1,
+            "invalidation_timeout": 10.0,
+            "report_recheck": 0.25,
+            "purge_retry_max": 0.5,
+            "cluster": "sim-1",
+        }
+        selector = "cache-buster.io/enabled=true" if mode == "sidecar" else None
+        opts = AggregatorOptions(
+            namespace=self.namespace,
+            mode=mode,
+            label_selector=options.pop("label_selector", selector),
+            identity=identity,
+            **{**defaults, **options},
+        )
+        redis_client = None
+        if mode == "sidecar":
+            redis_client = redis.Redis.from_url(
+                self.redis_url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
+            )
+        agg = Aggregator(
+            opts,
+            self.kube.api_client(),
+            providers={"cloudfront": self.provider()},
+            webhooks=WebhookSender(parse_webhooks(webhooks, source="sim"), sleep=time.sleep)
+            if webhooks
+            else None,
+            redis_client=redis_client,
+        )
+        self.aggregators.append(agg)
+        return agg.start() if start else agg
+
+    # -- the app ----------------------------------------------------------------------------
+    def deploy(
+        self,
+        name: str,
+        image: str,
+        *,
+        replicas: int = 3,
+        domains: str | None = "www.example.com",
+        annotations: Mapping[str, str] | None = None,
+        sidecar: bool = False,
+        **manifest: Any,
+    ) -> Obj:
+        ann = dict(annotations or {})
+        if domains:
+            ann.setdefault("cache-buster.io/domains", domains)
+        labels = {"cache-buster.io/enabled": "true"} if sidecar else None
+        return self.kube.create(
+            "deployments",
+            self.namespace,
+            deployment_manifest(
+                name, image, replicas=replicas, annotations=ann, labels=labels, **manifest
+            ),
+        )
+
+    def set_image(self, name: str, image: str, container: int = 0) -> None:
+        for _ in range(10):
+            dep = self.kube.get("deployments", self.namespace, name)
+            assert dep is not None, f"no deployment {name}"
+            dep["spec"]["template"]["spec"]["containers"][container]["image"] = image
+            try:
+                self.kube.update("deployments", self.namespace, dep)
+                return
+            except Exception:  # a conflict with the controller's status write: retry
+                time.sleep(0.01)
+        raise RuntimeError(f"could not update deployment {name}")
+
+    def undo(self, name: str) -> None:
+        """`kubectl rollout undo`: the template of the previous revision's ReplicaSet."""
+        dep = self.kube.get("deployments", self.namespace, name)
+        assert dep is not None
+        uid = dep["metadata"]["uid"]
+        owned = [
+            rs
+            for rs in self.kube.list("replicasets", self.namespace)
+            if any(r.get("uid") == uid for r in rs["metadata"].get("ownerReferences") or [])
+        ]
+        owned.sort(
+            key=lambda rs: int(
+                rs["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision", 0)
+            )
+        )
+        if len(owned) < 2:
+            raise RuntimeError("no previous revision")
+        template = json.loads(json.dumps(owned[-2]["spec"]["template"]))
+        template["metadata"].get("labels", {}).pop("pod-template-hash", None)
+        dep["spec"]["template"] = template
+        self.kube.update("deployments", self.namespace, dep)
+
+    def ready(self, name: str, count: int | None = None) -> list[str]:
+        return self.kube.make_ready(self.namespace, name, count)
+
+    def ready_all(self, name: str, timeout: float = 5.0) -> None:
+        """Make pods ready as the controller creates them until the rollout is complete."""
+        from sidecar.rollout import rollout_status
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.ready(name)
+            dep = self.kube.get("deployments", self.namespace, name)
+            if dep is not None and rollout_status(dep).complete:
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"deployment {name} did not complete")
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return predicate()
+
+    def leader(self) -> Aggregator | None:
+        return next((a for a in self.aggregators if a.is_leader()), None)
+
+    def ledger(self) -> dict[str, Any]:
+        cm = self.kube.get("configmaps", self.namespace, "cache-buster-ledger")
+        return {k: json.loads(v) for k, v in ((cm or {}).get("data") or {}).items()}
