@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: test demo install install-demo redis-server lint typecheck unit constraints clean
 
@@ -42,7 +43,7 @@ test: install redis-server lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: install-demo
-	$(BIN)/cache-buster demo
+	$(BIN)/cache-buster demo $(DEMO_ARGS)
 
 # Regenerate the pins after changing dependencies in pyproject.toml.
 constraints: $(BIN)/python

@@ -669,3 +669,23 @@ def test_version_endpoint_errors(redis_server: RedisServer, app: AppServer) -> N
     observation = refused.observe()
     assert not observation.probe_ok
     assert observation.probe_error is not None and "refused" in observation.probe_error.lower()
+
+
+def test_a_failing_probe_is_rechecked_fast_so_readiness_is_reported_quickly(
+    redis_server: RedisServer,
+    subscriber: Subscriber,
+    app: AppServer,
+    spawn: Callable[..., ReporterProcess],
+) -> None:
+    app.status = 503  # the app is still starting
+    spawn(base_env(redis_server.url, CB_PROBE=app.probe_url, REPORT_INTERVAL="30"))
+    wait_for(lambda: subscriber.messages, "the first publish")
+    record = read_record(redis_server)
+    assert record is not None and record["probe_ok"] is False
+    app.status = 200
+    became_ready = time.monotonic()
+    wait_for(lambda: len(subscriber.messages) >= 2, "the readiness publish", timeout=5)
+    # Within a fraction of a second, not after a 30 s heartbeat.
+    assert time.monotonic() - became_ready < 2.0
+    record = read_record(redis_server)
+    assert record is not None and record["probe_ok"] is True

@@ -15,7 +15,7 @@ from typing import Any
 from sidecar.aggregator import Aggregator, AggregatorOptions
 from sidecar.logs import get_logger
 from sidecar.providers.cloudfront import CloudFrontProvider
-from sidecar.reporter import Observation, Reporter, ReporterConfig
+from sidecar.reporter import PROBE_RETRY_INTERVAL, Observation, Reporter, ReporterConfig
 from sidecar.resp import RedisAddress, RespClient, parse_redis_url
 from sidecar.sim.cloudfront import CloudFrontEmulator
 from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
@@ -47,15 +47,19 @@ class PodFleet:
         *,
         interval: float = 0.5,
         poll: float = 0.02,
+        probe_interval: float = PROBE_RETRY_INTERVAL,
     ) -> None:
         self._kube = kube
+        # A real sidecar re-checks a failing probe this often: a pod's readiness reaches
+        # Redis up to this late, as it would in a cluster.
+        self._probe_interval = probe_interval
         self._namespace = namespace
         self._redis = redis
         self._interval = interval
         self._poll = poll
         self._client = RespClient(redis, timeout=2.0, client_name="sim-fleet")
         self._reporters: dict[str, Reporter] = {}
-        self._last: dict[str, tuple[bool, float]] = {}
+        self._last: dict[str, tuple[bool, float]] = {}  # pod -> (ready, when written)
         self._withdrawn: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -105,9 +109,11 @@ class PodFleet:
                     reporter.withdraw()  # what the sidecar does on SIGTERM
                     self._withdrawn.add(name)
                 continue
-            ready = _ready(pod)
             last = self._last.get(name)
-            if last is None or last[0] != ready or now - last[1] >= self._interval:
+            if last is not None and not last[0] and now - last[1] < self._probe_interval:
+                continue  # the failing probe is not looked at again yet
+            ready = _ready(pod)
+            if last is None or last[0] != ready or now - last[1] >= self._interval or not ready:
                 reporter.write(Observation(probe_ok=ready))
                 self._last[name] = (ready, now)
         for gone in set(self._reporters) - seen:

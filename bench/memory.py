@@ -1,0 +1,173 @@
+"""Memory of the two long-running processes (DESIGN "Budgets"), as separate real processes.
+
+- reporter: `cache-buster report` with a probe, idle after its first reports: RSS and private
+  (anonymous) memory; budget 40 MiB / 24 MiB.
+- aggregator: `cache-buster aggregate` (sidecar mode) against the emulator holding N
+  Deployments x P pods, each pod reported to Redis through the reporter's own write path
+  (one shared connection, not N*P processes); RSS once every app is settled; budget
+  200 MiB for 1,000 x 10.
+
+    .venv/bin/python bench/memory.py [--deployments 1000] [--pods 10]
+
+Prints a table and writes bench/results/memory.json. Needs redis-server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sidecar.reporter import Observation, Reporter, ReporterConfig
+from sidecar.resp import RespClient, parse_redis_url
+from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
+from sidecar.sim.redis_servers import RedisServer
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NS = "bench"
+
+
+def proc_memory(pid: int) -> dict[str, float]:
+    fields: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "VmHWM"):
+                fields[key] = round(int(value.split()[0]) / 1024, 1)
+    return fields
+
+
+def base_env() -> dict[str, str]:
+    keep = ("PATH", "HOME", "LANG", "PYTHONPATH", "VIRTUAL_ENV")
+    return {k: v for k, v in os.environ.items() if k in keep}
+
+
+def reporter_memory(redis: RedisServer) -> dict[str, Any]:
+    env = base_env() | {
+        "POD_NAME": "web-1",
+        "POD_NAMESPACE": NS,
+        "POD_TEMPLATE_HASH": "abc",
+        "REDIS_URL": redis.url,
+        "CB_PROBE": "tcp:1",  # a failing probe: the busiest steady state (fast re-checks)
+        "REPORT_INTERVAL": "1",
+        "HEALTH_PORT": "0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar", "report"], env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(3.0)
+        mem = proc_memory(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    return {"process": "reporter", "rss_mib": mem["VmRSS"], "anon_mib": mem["RssAnon"],
+            "budget": "RSS < 40, anon < 24"}  # fmt: skip
+
+
+def aggregator_memory(redis: RedisServer, deployments: int, pods: int) -> dict[str, Any]:
+    with (
+        KubeEmulator(ready_after=0.0, time_scale=0.01) as kube,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        for i in range(deployments):
+            kube.create(
+                "deployments",
+                NS,
+                deployment_manifest(
+                    f"app{i}",
+                    f"shop/app{i}:1",
+                    replicas=pods,
+                    labels={"cache-buster.io/enabled": "true"},
+                    annotations={"cache-buster.io/domains": f"app{i}.example.com"},
+                ),
+            )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            ready = sum(1 for p in kube.pods(NS) if not p["metadata"].get("deletionTimestamp"))
+            if ready >= deployments * pods and kube.settled():
+                break
+            time.sleep(0.5)
+        # Every pod reports through the reporter's own write path, over one connection.
+        client = RespClient(parse_redis_url(redis.url), timeout=5)
+        for pod in kube.pods(NS):
+            meta = pod["metadata"]
+            config = ReporterConfig(
+                pod=meta["name"],
+                namespace=NS,
+                redis=parse_redis_url(redis.url),
+                uid=meta.get("uid", ""),
+                template_hash=meta["labels"].get("pod-template-hash", ""),
+                interval=300,
+            )
+            Reporter(config, client).write(Observation(probe_ok=True))
+        client.close()
+
+        kubeconfig = os.path.join(tmp, "kubeconfig")
+        kube.write_kubeconfig(kubeconfig, namespace=NS)
+        env = base_env() | {
+            "KUBECONFIG": kubeconfig,
+            "MODE": "sidecar",
+            "NAMESPACE": NS,
+            "REDIS_URL": redis.url,
+            "CLUSTER_NAME": "bench",
+            "METRICS_PORT": "0",
+            "LOGLEVEL": "warning",
+            "POD_NAME": "bench-aggregator",
+        }
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sidecar", "aggregate"], env=env, stderr=subprocess.DEVNULL
+        )
+        try:
+            settled_after = None
+            while time.monotonic() - started < 300:
+                cm = kube.get("configmaps", NS, "cache-buster-ledger")
+                if cm and len(cm.get("data") or {}) >= deployments:
+                    settled_after = time.monotonic() - started
+                    break
+                time.sleep(0.5)
+            time.sleep(2.0)
+            mem = proc_memory(proc.pid)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+    return {
+        "process": f"aggregator ({deployments} x {pods} pods)",
+        "rss_mib": mem["VmRSS"],
+        "anon_mib": mem["RssAnon"],
+        "peak_rss_mib": mem["VmHWM"],
+        "all_settled_s": None if settled_after is None else round(settled_after, 1),
+        "budget": "RSS < 200",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--deployments", type=int, default=1000)
+    parser.add_argument("--pods", type=int, default=10)
+    args = parser.parse_args()
+    logging.getLogger("cache_buster").setLevel(logging.WARNING)
+    with RedisServer() as redis:
+        rows = [reporter_memory(redis), aggregator_memory(redis, args.deployments, args.pods)]
+    header = ["process", "rss_mib", "anon_mib", "peak_rss_mib", "all_settled_s", "budget"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(str(row.get(h, "")) for h in header) + " |")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "memory.json").write_text(json.dumps({"at": time.time(), "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
