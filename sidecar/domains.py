@@ -27,8 +27,9 @@ def _hosts(ingress: Obj, services: set[str] | None = None) -> list[str]:
                 ((p.get("backend") or {}).get("service") or {}).get("name")
                 for p in (rule.get("http") or {}).get("paths") or []
             }
-            if not backends:
-                backends = {default_backend}
+            # Requests to this host on a path no rule matches go to the default backend, so
+            # the host serves that Service's content too.
+            backends.add(default_backend)
             if not backends & services:
                 continue
         hosts.append(str(host).lower())

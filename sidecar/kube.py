@@ -261,8 +261,9 @@ class Reflector:
         self.synced.set()
 
     def _watch(self) -> None:
-        # A little jitter spreads the reconnections of many aggregators.
-        timeout = int(self._watch_timeout * (0.9 + 0.2 * random.random()))
+        # A little jitter spreads the reconnections of many aggregators. Never 0: the server
+        # would end the watch at once (or apply its own default), and we would spin.
+        timeout = max(1, round(self._watch_timeout * (0.9 + 0.2 * random.random())))
         response = self._list(
             self._namespace,
             watch=True,
@@ -274,6 +275,10 @@ class Reflector:
         )
         self._response = response
         try:
+            # stop() may have run while the request was being made and so found no response
+            # to close: without this check the watch would hold us until its timeout.
+            if self._stop.is_set():
+                return
             for line in iter_resp_lines(response):
                 if self._stop.is_set():
                     return

@@ -9,6 +9,7 @@ renew within the renew deadline steps down before its lease can expire for the o
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -160,7 +161,9 @@ class LeaderElector:
         now = micro_time(self._wall())
         body = dict(spec)
         body["holderIdentity"] = self.identity
-        body["leaseDurationSeconds"] = max(1, round(self.lease_duration))
+        # Rounded up: the others must never see a shorter lease than the one we keep acting
+        # on (round(2.5) == 2 would let a standby take over while we still lead).
+        body["leaseDurationSeconds"] = max(1, math.ceil(self.lease_duration))
         body["renewTime"] = now
         if not previous or previous.get("holderIdentity") != self.identity:
             body["acquireTime"] = now

@@ -47,6 +47,9 @@ class Ledger:
         self._resource_version: str | None = None
         self._exists = False
         self.corrupt: dict[str, str] = {}  # app -> error, for entries we could not parse
+        # The raw text of those entries: written back untouched, so a write for another app
+        # never erases what a person may still want to repair.
+        self._corrupt_raw: dict[str, str] = {}
 
     # -- reading ----------------------------------------------------------------------------
     def load(self) -> dict[str, AppRecord]:
@@ -69,18 +72,23 @@ class Ledger:
             if exc.status != 404:
                 raise
             self._records, self._annotations = {}, {}
+            self.corrupt, self._corrupt_raw = {}, {}
             self._resource_version, self._exists = None, False
             return
         records: dict[str, AppRecord] = {}
-        self.corrupt = {}
+        corrupt: dict[str, str] = {}
+        corrupt_raw: dict[str, str] = {}
         for app, text in (cm.get("data") or {}).items():
             try:
                 records[app] = AppRecord.from_json(text)
-            except (ValueError, TypeError, KeyError) as exc:
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 # A hand-edited entry must not stop the other apps; it is reported and the
                 # app is treated as first sight until a write replaces the entry.
-                self.corrupt[app] = str(exc)
-                log.error("ledger.corrupt_entry", app=app, error=str(exc)[:200])
+                # (AttributeError: valid JSON that is not an object, e.g. `[]` or `"x"`.)
+                corrupt[app] = f"{type(exc).__name__}: {exc}"
+                corrupt_raw[app] = str(text)
+                log.error("ledger.corrupt_entry", app=app, error=corrupt[app][:200])
+        self.corrupt, self._corrupt_raw = corrupt, corrupt_raw
         self._records = records
         self._annotations = dict((cm.get("metadata") or {}).get("annotations") or {})
         self._resource_version = (cm.get("metadata") or {}).get("resourceVersion")
@@ -108,6 +116,8 @@ class Ledger:
                 try:
                     self._write_locked({**self._records, app: new})
                     self._records[app] = new
+                    self.corrupt.pop(app, None)
+                    self._corrupt_raw.pop(app, None)
                     return True
                 except ApiException as exc:
                     if exc.status not in (409, 404):
@@ -116,6 +126,7 @@ class Ledger:
             raise LedgerError(f"ledger {self.namespace}/{self.name}: too many conflicting writes")
 
     def _body(self, records: dict[str, AppRecord]) -> dict[str, Any]:
+        kept = {app: raw for app, raw in self._corrupt_raw.items() if app not in records}
         meta: dict[str, Any] = {
             "name": self.name,
             "namespace": self.namespace,
@@ -128,7 +139,7 @@ class Ledger:
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": meta,
-            "data": {app: rec.to_json() for app, rec in sorted(records.items())},
+            "data": dict(sorted({**kept, **{a: r.to_json() for a, r in records.items()}}.items())),
         }
 
     def _write_locked(self, records: dict[str, AppRecord]) -> None:

@@ -56,6 +56,9 @@ class ReportCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
+        # Set when redis-py re-established the subscriber's connection by itself (its retry
+        # policy reconnects and re-subscribes without raising): messages were lost, re-read.
+        self._reconnected = threading.Event()
 
     def start(self) -> ReportCache:
         self._thread = threading.Thread(target=self._run, name="reports", daemon=True)
@@ -127,18 +130,31 @@ class ReportCache:
         for template_hash in {r.template_hash for r in (old, report) if r is not None}:
             self._on_change(template_hash)
 
+    def _on_connect(self, connection: Any) -> None:
+        # Called by redis-py after the subscriber's connection (re)connected and re-subscribed.
+        self._reconnected.set()
+
     def _run(self) -> None:
         backoff = 0.2
         while not self._stop.is_set():
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            connection: Any = None
             try:
                 pubsub.subscribe(report_channel(self.namespace))
+                connection = pubsub.connection
+                if connection is not None:
+                    connection.register_connect_callback(self._on_connect)
+                self._reconnected.clear()
                 self._resync()  # after subscribing: nothing published from now on is missed
                 self.connected.set()
                 log.info("reports.subscribed", namespace=self.namespace, pods=len(self._reports))
                 backoff = 0.2
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
+                    if self._reconnected.is_set():
+                        self._reconnected.clear()
+                        log.info("reports.resubscribed", namespace=self.namespace)
+                        self._resync()
                     if message and message.get("type") == "message":
                         self._apply(message)
             except redis.RedisError as exc:
@@ -146,6 +162,17 @@ class ReportCache:
                 log.warning("reports.redis_error", error=str(exc)[:200], retry_in=round(backoff, 2))
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
+            except Exception as exc:
+                # A failing on_change (or a surprise from the client) must not end the only
+                # thread that keeps the reports current: log, re-subscribe, re-read.
+                self.connected.clear()
+                log.error(
+                    "reports.error", error=f"{type(exc).__name__}: {exc}"[:200], retry_in=backoff
+                )
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
             finally:
+                if connection is not None:
+                    connection.deregister_connect_callback(self._on_connect)
                 with contextlib.suppress(redis.RedisError):
                     pubsub.close()
