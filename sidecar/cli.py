@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Annotated, Literal, NoReturn
 
 import typer
 
@@ -14,6 +15,8 @@ app = typer.Typer(
     help="Purge a CDN exactly once after a Kubernetes rollout completes.",
     no_args_is_help=True,
     add_completion=False,
+    # Plain tracebacks: rich's would print local variables, which can hold secrets.
+    pretty_exceptions_enable=False,
 )
 
 
@@ -50,20 +53,130 @@ def aggregate(
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as err:
-        print(f"cache-buster aggregate: invalid configuration: {err}", file=sys.stderr)
-        raise typer.Exit(2) from None
+        _fail(f"invalid configuration: {err}", 2)
+    # Everything that can be checked before acting is, before the first log line, so a bad
+    # setting gives exactly one line on stderr.
+    from sidecar.metrics import Metrics
+    from sidecar.runtime import StartupError, build_aggregator, kubernetes_client, serve_metrics
+
+    metrics = Metrics()
+    try:
+        api_client = kubernetes_client(kubeconfig)
+        serve_metrics(metrics, settings.metrics_port)
+    except ConfigError as err:
+        _fail(f"invalid configuration: {err}", 2)
     logs.setup(settings.log_level)
     log = logs.get_logger("cli")
     log.info("aggregate.config", **settings.describe())
 
-    from sidecar.runtime import build_aggregator, kubernetes_client
-
     stop = _stop_on_signals()
-    aggregator = build_aggregator(settings, kubernetes_client(kubeconfig))
-    aggregator.metrics.serve(settings.metrics_port)
+    try:
+        aggregator = build_aggregator(settings, api_client, metrics=metrics)
+    except StartupError as err:
+        log.error("aggregate.startup_failed", error=str(err))
+        raise typer.Exit(1) from None
     aggregator.start()
     stop.wait()
     aggregator.stop()
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"cache-buster aggregate: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+@app.command()
+def sim(
+    kubeconfig: Annotated[
+        str, typer.Option(help="where to write the kubeconfig for the emulated cluster")
+    ] = "sim.kubeconfig",
+    ready_after: Annotated[
+        float, typer.Option(help="wall-clock seconds after which a started pod turns ready")
+    ] = 2.0,
+    time_scale: Annotated[
+        float,
+        typer.Option(
+            help="multiplier for durations read from objects (deadlines, minReadySeconds)"
+        ),
+    ] = 1.0,
+    distribution: Annotated[
+        list[str] | None,
+        typer.Option(help="preload a CloudFront distribution: ALIAS[,ALIAS] (repeatable)"),
+    ] = None,
+    redis: Annotated[bool, typer.Option("--redis", help="also serve an in-process Redis")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="print the endpoints as one JSON line (for scripts)")
+    ] = False,
+) -> None:
+    """Run the emulated world in the foreground: Kubernetes API, CloudFront, Redis.
+
+    Prints the endpoints and the environment to reach them, then serves until Ctrl-C or SIGTERM
+    (exit 0).
+    """
+    from sidecar import logs
+    from sidecar.sim.cli_sim import SimUsageError, options_from_cli, serve
+
+    try:
+        options = options_from_cli(
+            kubeconfig=kubeconfig,
+            ready_after=ready_after,
+            time_scale=time_scale,
+            distributions=distribution or [],
+            redis=redis,
+            json_output=json_output,
+        )
+        # Emulator chatter stays off the console unless LOGLEVEL asks for it.
+        logs.setup(os.environ.get("LOGLEVEL") or "warning")
+        code = serve(options, _stop_on_signals(), sys.stdout)
+    except SimUsageError as err:
+        print(f"cache-buster sim: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    scenario: Annotated[
+        Literal["happy", "failed-rollout", "rollback", "leader-failover", "return-to-earlier"],
+        typer.Option(
+            help="happy: 1.0 -> 1.1, one purge. failed-rollout: 1.1 never gets ready, no "
+            "purge. rollback: 1.1 partly rolled out, then undone, no purge. leader-failover: "
+            "the leading aggregator crashes mid-rollout, one purge. return-to-earlier: "
+            "1.0 -> 1.1 -> 1.0, two purges."
+        ),
+    ] = "happy",
+    mode: Annotated[
+        Literal["sidecar", "watcher"],
+        typer.Option(
+            help="sidecar: pods report readiness through Redis (the main mode); watcher: the "
+            "aggregator alone reads readiness from the API (seed 1 parity)."
+        ),
+    ] = "sidecar",
+    json_output: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help='end with one JSON line: {"scenario", "clusters", "rollouts", '
+            '"invalidations", "webhooks_delivered", "purge_latency_ms"}',
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="also write the raw JSON log lines to stderr"),
+    ] = False,
+) -> None:
+    """Run cache-buster end to end in this process: nothing else to install.
+
+    Emulated Kubernetes API, CloudFront, webhook receiver and Redis (fakeredis);
+    the real reporter and two aggregator replicas; compressed timescales.
+
+    Prints a timeline: leader election, pods getting ready, the purge after the
+    last one, the webhook. Exits 0 when the scenario made the CloudFront
+    invalidations it should (1, 0, 0, 1, 2 in --scenario order), else 1 and why.
+    """
+    from sidecar.demo import run as run_demo
+
+    raise typer.Exit(run_demo(scenario, mode=mode, json_output=json_output, verbose=verbose))
 
 
 def run(args: list[str]) -> int:

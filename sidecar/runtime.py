@@ -7,24 +7,64 @@ import socket
 from typing import Any
 
 from sidecar.aggregator import Aggregator, AggregatorOptions
-from sidecar.config import RedisEndpoint, Settings
+from sidecar.config import ConfigError, RedisEndpoint, Settings
 from sidecar.logs import get_logger
+from sidecar.metrics import Metrics
 from sidecar.providers.base import Provider
 from sidecar.webhooks import WebhookSender
 
 log = get_logger("runtime")
 
 
+class StartupError(RuntimeError):
+    """The process cannot start for a reason other than its settings; `str()` is one line
+    for the operator, free of secrets."""
+
+
 def kubernetes_client(kubeconfig: str | None = None) -> Any:
-    """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config."""
+    """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config.
+
+    Raises ConfigError naming where the configuration came from when it cannot be loaded."""
     from kubernetes import client, config
 
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
-        return client.ApiClient()
-    api_config = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, client_configuration=api_config)
-    return client.ApiClient(api_config)
+    in_cluster = kubeconfig is None and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    source = "--kubeconfig" if kubeconfig else "in-cluster config" if in_cluster else "KUBECONFIG"
+    try:
+        if in_cluster:
+            config.load_incluster_config()
+            return client.ApiClient()
+        api_config = client.Configuration()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=api_config)
+        return client.ApiClient(api_config)
+    except config.ConfigException as err:
+        raise ConfigError(source, _one_line(str(err))) from None
+    except OSError as err:
+        raise ConfigError(source, f"cannot read: {err.strerror or type(err).__name__}") from None
+    except Exception as err:
+        # A YAML error quotes the offending line, which may hold a token: name the kind only.
+        raise ConfigError(source, f"cannot load: {type(err).__name__}") from None
+
+
+def serve_metrics(metrics: Metrics, port: int) -> None:
+    """Listen for Prometheus scrapes (0: off). Raises ConfigError when the port is taken."""
+    try:
+        metrics.serve(port)
+    except OSError as err:
+        raise ConfigError(
+            "METRICS_PORT", f"cannot listen on port {port}: {err.strerror or err}"
+        ) from None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def _describe_api_error(err: BaseException) -> str:
+    status = getattr(err, "status", None)
+    if isinstance(status, int) and status:
+        # ApiException's str() spans lines and dumps response headers.
+        return f"HTTP {status} {getattr(err, 'reason', '') or ''}".strip()
+    return _one_line(f"{type(err).__name__}: {err}")
 
 
 def redis_client(endpoint: RedisEndpoint) -> Any:
@@ -75,16 +115,28 @@ def build_aggregator(
     *,
     provider_map: dict[str, Provider] | None = None,
     redis_override: Any = None,
+    metrics: Metrics | None = None,
 ) -> Aggregator:
+    """Raises StartupError when CLUSTER_NAME is unset and the generated name cannot be read
+    or persisted (API unreachable, RBAC missing for the ledger ConfigMap)."""
     from sidecar.ledger import Ledger
 
     cluster = settings.cluster_name
     if not cluster:
         from kubernetes import client
 
-        cluster = Ledger(
-            client.CoreV1Api(api_client), settings.namespace, settings.ledger_configmap
-        ).cluster_name()
+        try:
+            cluster = Ledger(
+                client.CoreV1Api(api_client), settings.namespace, settings.ledger_configmap
+            ).cluster_name()
+        except Exception as err:
+            # Without a cluster name there is no group protocol: stop with one clear line
+            # (the pod restarts with backoff) rather than a traceback.
+            raise StartupError(
+                f"CLUSTER_NAME is unset and the generated name could not be kept in ConfigMap "
+                f"{settings.namespace}/{settings.ledger_configmap} ({_describe_api_error(err)}); "
+                "check the API server and the RBAC for configmaps, or set CLUSTER_NAME"
+            ) from None
         log.info("cluster.generated_name", cluster=cluster)
     redis_conn = None
     if settings.mode == "sidecar":
@@ -100,4 +152,5 @@ def build_aggregator(
         providers=provider_map if provider_map is not None else providers(settings),
         webhooks=sender,
         redis_client=redis_conn,
+        metrics=metrics,
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import secrets
 import string
+import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -34,6 +35,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
+
+from sidecar.logs import get_logger
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -67,6 +70,7 @@ _PREFIX = f"/{API_VERSION}/distribution"
 _T = TypeVar("_T")
 _session_lock = threading.Lock()
 _shared_session: boto3.session.Session | None = None
+log = get_logger("sim.cloudfront")
 
 
 def _random_id(prefix: str, alphabet: str = _ALNUM_UPPER, length: int = 13) -> str:
@@ -220,7 +224,7 @@ class CloudFrontEmulator:
             pass
 
         Handler.emulator = emulator
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = _QuietHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
@@ -791,6 +795,16 @@ def _error_response(err: _ApiError) -> _Response:
         f"</Error><RequestId>{request_id}</RequestId></ErrorResponse>"
     )
     return _Response(err.status, xml, {"x-amzn-RequestId": request_id})
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr; a client hanging up (a dropped response,
+        # a test ending) is routine, anything else is worth a debug line, not stderr noise.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            return
+        log.debug("sim.cloudfront.handler_error", client=str(client_address), error=repr(exc))
 
 
 class _Handler(BaseHTTPRequestHandler):

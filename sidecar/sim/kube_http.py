@@ -7,6 +7,7 @@ import base64
 import json
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -193,6 +194,14 @@ class KubeHTTPServer(ThreadingHTTPServer):
         self.on_request = on_request
         self.bookmark_interval = 1.0
         self.stopping = threading.Event()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr; a client that hangs up (a watch closed,
+        # a test ending) is routine, anything else is worth a debug line, not stderr noise.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+            return
+        log.debug("sim.kube.http.handler_error", client=str(client_address), error=repr(exc))
 
 
 class _Handler(BaseHTTPRequestHandler):
