@@ -68,6 +68,7 @@ class _AppState:
 
     last_reason: str = ""
     config_error: str | None = None
+    warned: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     timeout_reported: str | None = None  # rollout id whose slowness was reported
     purge_attempts: int = 0
     completed_at: dict[str, float] = field(default_factory=dict)  # rollout id -> when seen
@@ -307,6 +308,7 @@ class Aggregator:
         if state.config_error is not None:
             log.info("app.config_fixed", deployment=name)
             state.config_error = None
+        self._warn_once(name, cfg, state)
 
         owner_uid = dep["metadata"]["uid"]
         rss = [
@@ -347,6 +349,22 @@ class Aggregator:
             and current.settled.detail.get("webhooks") == WEBHOOKS_PENDING
         ):
             self._start_webhooks(name, dep, cfg, current.settled)
+
+    def _warn_once(self, name: str, cfg: AppConfig, state: _AppState) -> None:
+        """Likely typos: unknown `cache-buster.io/*` annotations, hook names not in the file."""
+        unknown_hooks = (
+            self._webhooks.config.unknown_names(cfg.webhooks) if self._webhooks is not None else []
+        )
+        warning = (tuple(cfg.unknown_annotations), tuple(unknown_hooks))
+        if warning != state.warned and any(warning):
+            log.warning(
+                "app.config_warning",
+                app=cfg.app,
+                deployment=name,
+                unknown_annotations=list(cfg.unknown_annotations),
+                unknown_webhooks=unknown_hooks,
+            )
+        state.warned = warning
 
     def _log_decision(
         self, name: str, cfg: AppConfig, obs: Observation, decision: Decision, state: _AppState
@@ -397,16 +415,13 @@ class Aggregator:
             )
             self._send_async(
                 name,
-                WebhookEvent(
-                    event="timeout",
-                    app=cfg.app,
-                    rollout_id=intent.rollout_id,
-                    namespace=self.options.namespace,
-                    deployment=name,
-                    image=intent.image,
+                self._event(
+                    "timeout",
+                    name,
+                    cfg,
+                    intent.image,
+                    intent.rollout_id,
                     previous_image=intent.from_image,
-                    cluster=self.options.cluster,
-                    group=self.options.group,
                     status="rollout-timeout",
                     reason=obs.status.message,
                 ),
@@ -436,19 +451,32 @@ class Aggregator:
         )
         self._send_async(
             name,
-            WebhookEvent(
-                event="failed",
-                app=cfg.app,
-                rollout_id=failure.rollout_id,
-                namespace=self.options.namespace,
-                deployment=name,
-                image=failure.image,
-                cluster=self.options.cluster,
-                group=self.options.group,
+            self._event(
+                "failed",
+                name,
+                cfg,
+                failure.image,
+                failure.rollout_id,
                 status=result,
                 reason=failure.reason,
             ),
             cfg,
+        )
+
+    def _event(
+        self, kind: str, name: str, cfg: AppConfig, image: str, rollout: str, **fields: Any
+    ) -> WebhookEvent:
+        """A webhook event with what every event of this aggregator carries."""
+        return WebhookEvent(
+            event=kind,
+            app=cfg.app,
+            rollout_id=rollout,
+            namespace=self.options.namespace,
+            deployment=name,
+            image=image,
+            cluster=self.options.cluster,
+            group=self.options.group,
+            **fields,
         )
 
     def _send_async(self, name: str, event: WebhookEvent, cfg: AppConfig) -> None:
@@ -569,16 +597,13 @@ class Aggregator:
             )
             self._send_async(
                 name,
-                WebhookEvent(
-                    event="failed",
-                    app=cfg.app,
-                    rollout_id=intent.rollout_id,
-                    namespace=self.options.namespace,
-                    deployment=name,
-                    image=intent.image,
+                self._event(
+                    "failed",
+                    name,
+                    cfg,
+                    intent.image,
+                    intent.rollout_id,
                     previous_image=intent.from_image,
-                    cluster=self.options.cluster,
-                    group=self.options.group,
                     provider=cfg.provider,
                     status="purge-failed",
                     reason=f"{exc.code}: {exc.message}",
@@ -653,16 +678,13 @@ class Aggregator:
     def _webhooks_then_mark(self, name: str, cfg: AppConfig, settled: Settled) -> None:
         d = settled.detail
         if self._webhooks is not None:
-            event = WebhookEvent(
-                event="completed" if d.get("status") == "completed" else "timeout",
-                app=cfg.app,
-                rollout_id=settled.rollout_id,
-                namespace=self.options.namespace,
-                deployment=name,
-                image=settled.image,
+            event = self._event(
+                "completed" if d.get("status") == "completed" else "timeout",
+                name,
+                cfg,
+                settled.image,
+                settled.rollout_id,
                 previous_image=d.get("from_image") or None,
-                cluster=self.options.cluster,
-                group=self.options.group,
                 provider=d.get("provider"),
                 distribution=d.get("target"),
                 invalidation_id=d.get("request_id"),
