@@ -58,6 +58,7 @@ class AggregatorOptions:
     invalidation_timeout: float = 600.0
     rollout_timeout: float = 600.0
     report_recheck: float = 5.0  # while a rollout waits only on reports (Redis wiped, ...)
+    report_stale_after: float = 15.0  # a report whose last heartbeat is older is ignored
     purge_retry_max: float = 60.0
     watch_timeout: int = 300
 
@@ -285,7 +286,7 @@ class Aggregator:
         if obs.new_rs_hash is None:
             return []
         try:
-            return self.reports.fresh(obs.new_rs_hash)
+            return self.reports.fresh(obs.new_rs_hash, self.options.report_stale_after)
         except redis.RedisError as exc:
             log.warning("reports.unavailable", error=str(exc)[:200])
             return []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ def parse_report(raw: str | bytes | None) -> Report | None:
             probe_ok=bool(doc.get("probe_ok", False)),
             version=doc.get("version"),
             terminating=bool(doc.get("terminating", False)),
+            updated_at=float(doc.get("updated_at") or 0.0),
         )
     except (ValueError, KeyError, TypeError):
         return None
@@ -74,8 +76,11 @@ class ReportCache:
         with self._lock:
             return [r for r in self._reports.values() if r.template_hash == template_hash]
 
-    def fresh(self, template_hash: str) -> list[Report]:
-        """Re-read the records of this ReplicaSet's pods from Redis (expired ones vanish)."""
+    def fresh(self, template_hash: str, stale_after: float | None = None) -> list[Report]:
+        """Re-read the records of this ReplicaSet's pods from Redis (expired ones vanish).
+        With `stale_after`, a record whose last heartbeat is older than that is left out: a
+        reporter that stopped writing (hung, partitioned) no longer vouches for its pod, even
+        before its key expires."""
         with self._lock:
             pods = [p for p, r in self._reports.items() if r.template_hash == template_hash]
         if not pods:
@@ -90,6 +95,9 @@ class ReportCache:
                 else:
                     self._reports[pod] = report
                     reports.append(report)
+        if stale_after is not None:
+            now = time.time()
+            reports = [r for r in reports if now - r.updated_at <= stale_after]
         return reports
 
     # -- subscriber -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import enum
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.images import ImageRefError, parse_image
@@ -175,6 +175,8 @@ class Report:
     probe_ok: bool
     version: str | None
     terminating: bool
+    # The reporter's clock at its last heartbeat; not part of what the report says.
+    updated_at: float = field(default=0.0, compare=False)
 
 
 def tag_matches_version(image: str, version: str | None) -> bool:

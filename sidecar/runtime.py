@@ -106,6 +106,7 @@ def options(settings: Settings, cluster: str) -> AggregatorOptions:
         invalidation_timeout=settings.invalidation_timeout,
         rollout_timeout=settings.rollout_timeout,
         report_recheck=settings.report_stale_after / 3,
+        report_stale_after=settings.report_stale_after,
     )
 
 

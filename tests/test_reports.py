@@ -243,3 +243,23 @@ def test_a_failing_on_change_does_not_end_the_subscriber(
     finally:
         cache.stop()
         conn.close()
+
+
+def test_fresh_leaves_out_reports_whose_heartbeat_is_stale(
+    redis_server: RedisServer, start_cache: Callable[..., tuple[ReportCache, Changes]]
+) -> None:
+    address = parse_redis_url(redis_server.url)
+    live = Reporter(ReporterConfig(pod="web-1", namespace=NS, redis=address, template_hash="h"))
+    # A reporter whose clock says its last heartbeat was a minute ago (hung, or partitioned
+    # while its key has not expired yet).
+    hung = Reporter(
+        ReporterConfig(pod="web-2", namespace=NS, redis=address, template_hash="h", interval=60),
+        clock=lambda: time.time() - 60,
+    )
+    live.write(Observation(probe_ok=True))
+    hung.write(Observation(probe_ok=True))
+    cache, _ = start_cache()
+    assert {r.pod for r in cache.fresh("h")} == {"web-1", "web-2"}
+    assert {r.pod for r in cache.fresh("h", stale_after=15.0)} == {"web-1"}
+    live.client.close()
+    hung.client.close()
