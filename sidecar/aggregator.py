@@ -75,6 +75,20 @@ class _AppState:
     completed_at: dict[str, float] = field(default_factory=dict)  # rollout id -> when seen
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """A decision taken for one Deployment, waiting for its ledger write."""
+
+    name: str
+    dep: Obj
+    cfg: AppConfig
+    obs: Observation
+    record: AppRecord  # the record the decision was taken on (compare-and-set's expectation)
+    decision: Decision
+    state: _AppState
+    now: float
+
+
 class Aggregator:
     def __init__(
         self,
@@ -142,6 +156,7 @@ class Aggregator:
         self._reload_ledger = False
         self._apps: dict[str, _AppState] = {}
         self._rs_owner: dict[str, str] = {}  # rs name -> owner deployment uid
+        self._rs_by_owner: dict[str, set[str]] = {}  # owner deployment uid -> rs names
         self._by_uid: dict[str, str] = {}  # deployment uid -> name
         self._hash_owner: dict[str, str] = {}  # pod-template-hash -> owner deployment uid
         self._in_flight: dict[str, threading.Thread] = {}  # deployment name -> purge/webhooks
@@ -219,9 +234,12 @@ class Aggregator:
         )
         template_hash = (meta.get("labels") or {}).get("pod-template-hash")
         if kind == "DELETED":
-            self._rs_owner.pop(meta["name"], None)
+            gone = self._rs_owner.pop(meta["name"], None)
+            if gone is not None:
+                self._rs_by_owner.get(gone, set()).discard(meta["name"])
         elif owner:
             self._rs_owner[meta["name"]] = owner
+            self._rs_by_owner.setdefault(owner, set()).add(meta["name"])
             if template_hash:
                 self._hash_owner[template_hash] = owner
         name = self._by_uid.get(owner or "")
@@ -273,12 +291,49 @@ class Aggregator:
                     continue
                 self.wait_synced(timeout=30)
                 batch |= {d["metadata"]["name"] for d in self.deployments.items()}
-            for name in sorted(batch):
-                try:
-                    self._evaluate(name)
-                except Exception as exc:  # one app's bug or API error must not stop the others
-                    log.exception("app.evaluation_failed", deployment=name, error=str(exc)[:300])
-                    self._mark(name, self._clock() + 2.0)
+            self._evaluate_batch(batch)
+
+    def _evaluate_batch(self, names: set[str]) -> None:
+        """Decide for every dirty app, write all ledger changes in one update, then act on the
+        decisions whose record was written (a purge starts only once its intent is durable)."""
+        pending: list[_Pending] = []
+        apps: set[str] = set()
+        for name in sorted(names):
+            try:
+                item = self._decide(name)
+            except Exception as exc:  # one app's bug or API error must not stop the others
+                log.exception("app.evaluation_failed", deployment=name, error=str(exc)[:300])
+                self._mark(name, self._clock() + 2.0)
+                continue
+            if item is None:
+                continue
+            if item.cfg.app in apps:  # two Deployments with one app key: one at a time
+                self._mark(name, self._clock() + 0.5)
+                continue
+            apps.add(item.cfg.app)
+            pending.append(item)
+        changes = {
+            p.cfg.app: (p.record, p.decision.record)
+            for p in pending
+            if p.decision.record is not None
+        }
+        try:
+            written = self.ledger.compare_and_set_many(changes) if changes else set()
+        except Exception as exc:
+            log.error("ledger.write_failed", apps=len(changes), error=str(exc)[:300])
+            for p in pending:
+                self._mark(p.name, self._clock() + 2.0)
+            return
+        for p in pending:
+            if p.decision.record is not None and p.cfg.app not in written:
+                log.info("ledger.conflict", app=p.cfg.app, deployment=p.name)
+                self._mark(p.name)
+                continue
+            try:
+                self._act(p)
+            except Exception as exc:
+                log.exception("app.action_failed", deployment=p.name, error=str(exc)[:300])
+                self._mark(p.name, self._clock() + 2.0)
 
     def _reports_for(self, obs: Observation) -> list[Report] | None:
         if self.reports is None:
@@ -291,12 +346,13 @@ class Aggregator:
             log.warning("reports.unavailable", error=str(exc)[:200])
             return []
 
-    def _evaluate(self, name: str) -> None:
+    def _decide(self, name: str) -> _Pending | None:
+        """What the decision says for one Deployment now (reads caches; Redis in sidecar mode)."""
         dep = self.deployments.get(name)
         state = self._apps.setdefault(name, _AppState())
         if dep is None:
             self._apps.pop(name, None)
-            return
+            return None
         try:
             cfg = self._app_config(dep)
         except ValueError as exc:  # AnnotationError: one clear error, once, for this app only
@@ -305,18 +361,14 @@ class Aggregator:
                 state.config_error = message
                 log.error("app.config_error", deployment=name, error=message)
                 self.metrics.config_errors.labels(app=name).inc()
-            return
+            return None
         if state.config_error is not None:
             log.info("app.config_fixed", deployment=name)
             state.config_error = None
         self._warn_once(name, cfg, state)
 
-        owner_uid = dep["metadata"]["uid"]
-        rss = [
-            rs
-            for rs in self.replicasets.items()
-            if self._rs_owner.get(rs["metadata"]["name"]) == owner_uid
-        ]
+        owned = tuple(self._rs_by_owner.get(dep["metadata"]["uid"], ()))
+        rss = [rs for rs in map(self.replicasets.get, owned) if rs is not None]
         obs = observe(dep, rss, container=cfg.container)
         if self.reports is not None and obs.status.complete and obs.desired > 0:
             obs = observe(dep, rss, container=cfg.container, reports=self._reports_for(obs))
@@ -331,25 +383,24 @@ class Aggregator:
             now=now,
         )
         self._log_decision(name, cfg, obs, decision, state)
-        if decision.record is not None and not self.ledger.compare_and_set(
-            cfg.app, record, decision.record
-        ):
-            log.info("ledger.conflict", app=cfg.app, deployment=name)
-            self._mark(name)
-            return
-        current = decision.record or record
+        return _Pending(name, dep, cfg, obs, record, decision, state, now)
+
+    def _act(self, p: _Pending) -> None:
+        """Execute a decision whose ledger record (if any) is written."""
+        decision = p.decision
+        current = decision.record or p.record
         if decision.failed is not None:
-            self._rollout_failed(name, dep, cfg, decision.failed)
+            self._rollout_failed(p.name, p.dep, p.cfg, decision.failed)
         if decision.purge is not None:
-            state.completed_at.setdefault(decision.purge.rollout_id, now)
-            self._start_purge(name, dep, cfg, decision.purge)
+            p.state.completed_at.setdefault(decision.purge.rollout_id, p.now)
+            self._start_purge(p.name, p.dep, p.cfg, decision.purge)
         elif current.intent is not None:
-            self._watch_slow_rollout(name, dep, cfg, current.intent, obs, state, now)
+            self._watch_slow_rollout(p.name, p.dep, p.cfg, current.intent, p.obs, p.state, p.now)
         elif (
             current.settled is not None
             and current.settled.detail.get("webhooks") == WEBHOOKS_PENDING
         ):
-            self._start_webhooks(name, dep, cfg, current.settled)
+            self._start_webhooks(p.name, p.dep, p.cfg, current.settled)
 
     def _warn_once(self, name: str, cfg: AppConfig, state: _AppState) -> None:
         """Likely typos: unknown `cache-buster.io/*` annotations, hook names not in the file."""

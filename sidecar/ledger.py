@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
@@ -102,27 +103,41 @@ class Ledger:
     def compare_and_set(self, app: str, expected: AppRecord, new: AppRecord) -> bool:
         """Write `new` for `app` if the stored record is still `expected`. False when somebody
         else changed it first (the caller re-reads with `get` and re-decides)."""
+        return app in self.compare_and_set_many({app: (expected, new)})
+
+    def compare_and_set_many(self, changes: Mapping[str, tuple[AppRecord, AppRecord]]) -> set[str]:
+        """Write, in one ConfigMap update, every app's new record whose stored record is still
+        the expected one; returns the apps written. The others were changed by somebody else
+        first: their callers re-read and re-decide. One write for many apps keeps the start of
+        a namespace with a thousand apps at one update instead of a thousand."""
         with self._lock:
             for _ in range(5):
-                stored = self._records.get(app, AppRecord())
-                if stored != expected:
-                    log.debug(
-                        "ledger.cas_mismatch",
-                        app=app,
-                        stored=stored.to_json(),
-                        expected=expected.to_json(),
-                    )
-                    return False
+                fresh: dict[str, AppRecord] = {}
+                for app, (expected, new) in changes.items():
+                    stored = self._records.get(app, AppRecord())
+                    if stored == expected:
+                        fresh[app] = new
+                    else:
+                        log.debug(
+                            "ledger.cas_mismatch",
+                            app=app,
+                            stored=stored.to_json(),
+                            expected=expected.to_json(),
+                        )
+                if not fresh:
+                    return set()
                 try:
-                    self._write_locked({**self._records, app: new})
-                    self._records[app] = new
-                    self.corrupt.pop(app, None)
-                    self._corrupt_raw.pop(app, None)
-                    return True
+                    self._write_locked({**self._records, **fresh})
                 except ApiException as exc:
                     if exc.status not in (409, 404):
                         raise
                     self._load_locked()  # stale resourceVersion: re-read, compare again
+                    continue
+                self._records.update(fresh)
+                for app in fresh:
+                    self.corrupt.pop(app, None)
+                    self._corrupt_raw.pop(app, None)
+                return set(fresh)
             raise LedgerError(f"ledger {self.namespace}/{self.name}: too many conflicting writes")
 
     def _body(self, records: dict[str, AppRecord]) -> dict[str, Any]:

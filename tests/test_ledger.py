@@ -239,3 +239,25 @@ def test_concurrent_callers_agree_on_one_cluster_name(kube: KubeEmulator) -> Non
     assert len(names) == len(ledgers) and len(set(names)) == 1
     cm = kube.get("configmaps", NS, NAME)
     assert cm is not None and cm["metadata"]["annotations"][CLUSTER_NAME_KEY] == names[0]
+
+
+def test_many_changes_are_one_update_and_a_changed_app_is_left_out(
+    kube: KubeEmulator, core: client.CoreV1Api
+) -> None:
+    ours, theirs = Ledger(core, NS), Ledger(core, NS)
+    assert theirs.compare_and_set("db", AppRecord(), settled("db:1", BASELINE, app="db"))
+    writes_before = sum(1 for method, _ in kube.requests if method in ("PUT", "POST"))
+    written = ours.compare_and_set_many(
+        {
+            "web": (AppRecord(), settled("nginx:1.27", BASELINE)),
+            "api": (AppRecord(), settled("api:1", BASELINE, app="api")),
+            "db": (AppRecord(), settled("db:2", app="db")),  # changed by them meanwhile
+        }
+    )
+    assert written == {"web", "api"}
+    writes = sum(1 for method, _ in kube.requests if method in ("PUT", "POST")) - writes_before
+    assert writes == 2  # one stale attempt (409), one that lands: never one per app
+    data = stored_data(kube)
+    assert AppRecord.from_json(data["db"]) == settled("db:1", BASELINE, app="db")
+    assert set(data) == {"web", "api", "db"}
+    assert ours.compare_and_set_many({}) == set()
