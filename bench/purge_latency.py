@@ -33,8 +33,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def created(world: World) -> int:
-    return len(world.cloudfront.calls("CreateInvalidation", status=201))
+def _creates(world: World) -> list[Any]:
+    return world.cloudfront.calls("CreateInvalidation", status=201)
 
 
 def run_mode(mode: str, rollouts: int, apps: int, redis_url: str | None) -> dict[str, Any]:
@@ -59,23 +59,31 @@ def run_mode(mode: str, rollouts: int, apps: int, redis_url: str | None) -> dict
         while done < rollouts:
             version += 1
             batch = names[: min(apps, rollouts - done)]
-            before = len(world.cloudfront.calls("CreateInvalidation", status=201))
+            seen = {r.caller_reference for r in _creates(world)}
             for name in batch:
                 world.set_image(name, f"shop/{name}:{version}")
             last_ready: dict[str, float] = {}
             for name in batch:
                 world.ready_all(name)
                 last_ready[name] = time.time()
-            target = before + len(batch)
+            # One new CallerReference per rollout; its first request is the purge (retries of
+            # the same rollout reuse the reference and are not counted again).
             deadline = time.monotonic() + 15
-            while created(world) < target and time.monotonic() < deadline:
+            first: dict[str, float] = {}
+            while time.monotonic() < deadline:
+                first = {}
+                for call in _creates(world):
+                    if call.caller_reference not in seen and call.caller_reference not in first:
+                        first[str(call.caller_reference)] = call.time
+                if len(first) >= len(batch):
+                    break
                 time.sleep(0.01)
-            calls = world.cloudfront.calls("CreateInvalidation", status=201)[before:]
-            by_app = {}
-            for call in calls:
-                for name in batch:
-                    if call.distribution_id and call.distribution_id in _dist_ids(world, name):
-                        by_app.setdefault(name, call.time)
+            by_app: dict[str, float] = {}
+            for call in _creates(world):
+                if call.caller_reference in first:
+                    for name in batch:
+                        if call.distribution_id in _dist_ids(world, name):
+                            by_app.setdefault(name, first[str(call.caller_reference)])
             for name, at in by_app.items():
                 latencies.append(at - last_ready[name])
             done += len(batch)

@@ -89,6 +89,37 @@ class _Pending:
     now: float
 
 
+class _WhileLeading(threading.Event):
+    """The `stop` handed to a provider: set once the aggregator stops *or* its leadership
+    lapses, so a deposed leader's purge leaves its backoff and polling and makes no further CDN
+    call (the successor resumes with the same key). Judged on the elector's clock at every
+    wait, not when the elector notices (a retry period or an API timeout later), and `margin`
+    early, so a call begun just before the deadline is answered before it."""
+
+    def __init__(self, stop: threading.Event, leading_for: Callable[[], float], margin: float):
+        super().__init__()
+        self._halt = stop
+        self._leading_for = leading_for
+        self._margin = margin
+
+    def _lead_left(self) -> float:
+        return self._leading_for() - self._margin
+
+    def is_set(self) -> bool:
+        return self._halt.is_set() or self._lead_left() <= 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            lead = self._lead_left()
+            if self._halt.is_set() or lead <= 0:
+                return True
+            left = lead if end is None else min(lead, end - time.monotonic())
+            if left <= 0:
+                return False
+            self._halt.wait(left)
+
+
 class Aggregator:
     def __init__(
         self,
@@ -571,12 +602,20 @@ class Aggregator:
         return app_domains(dep, (), ingresses, services)
 
     def _purge(self, name: str, dep: Obj, cfg: AppConfig, intent: Intent) -> None:
+        # Leadership lost mid-purge stops it like a shutdown does: the intent stays PURGING.
+        halt = _WhileLeading(
+            self._stop, self.elector.leading_for, min(1.0, self.options.renew_deadline / 10)
+        )
         try:
-            self._purge_once(name, dep, cfg, intent)
+            self._purge_once(name, dep, cfg, intent, halt)
         finally:
-            self._mark(name)  # re-evaluate: the image may have changed meanwhile
+            # Re-evaluate: the image may have changed meanwhile. A lapsing leadership is looked
+            # at again a retry period later (the elector renews or steps down), not in a loop.
+            self._mark(name, self._clock() + self.options.retry_period if halt.is_set() else None)
 
-    def _purge_once(self, name: str, dep: Obj, cfg: AppConfig, intent: Intent) -> None:
+    def _purge_once(
+        self, name: str, dep: Obj, cfg: AppConfig, intent: Intent, halt: threading.Event
+    ) -> None:
         state = self._apps.setdefault(name, _AppState())
         fields = {
             "app": cfg.app,
@@ -586,7 +625,7 @@ class Aggregator:
             "provider": cfg.provider,
         }
         try:
-            if not self.is_leader():
+            if halt.is_set():
                 # The ledger holds the PURGING intent: whoever leads next finishes it.
                 log.info("purge.not_leader", **fields)
                 return
@@ -615,23 +654,26 @@ class Aggregator:
                 distribution_id=cfg.distribution_id,
                 zone=cfg.zone,
             )
-            if not self.is_leader():  # re-checked right before the CDN call
+            if halt.is_set():  # re-checked right before the CDN call
                 log.info("purge.not_leader", **fields)
                 return
             seen = state.completed_at.get(intent.rollout_id)
             log.info("purge.requested", domains=list(domains), paths=list(cfg.paths), **fields)
             if seen is not None:
                 self.metrics.purge_latency.labels(app=cfg.app).set(self._clock() - seen)
-            result = provider.purge(
-                request, timeout=self.options.invalidation_timeout, stop=self._stop
-            )
-            if self._stop.is_set():
+            result = provider.purge(request, timeout=self.options.invalidation_timeout, stop=halt)
+            if halt.is_set():
                 # Shutting down mid-wait: the PURGING intent stays in the ledger and the next
                 # leader resumes with the same key (CloudFront returns this invalidation).
                 log.info("purge.handed_over", request_id=result.request_id, **fields)
                 return
         except PurgeError as exc:
-            if exc.retryable and not self._stop.is_set():
+            if exc.retryable and halt.is_set():
+                # Stopped or deposed mid-backoff: not a failed purge (settling it FAILED would
+                # lose the rollout); whoever leads next resumes it with the same key.
+                log.info("purge.handed_over", error=exc.code, **fields)
+                return
+            if exc.retryable:
                 state.purge_attempts += 1
                 delay = min(self.options.purge_retry_max, 2.0 ** min(state.purge_attempts, 6))
                 log.warning(

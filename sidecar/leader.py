@@ -80,6 +80,13 @@ class LeaderElector:
                 and self._clock() - self._renewed_at < self.renew_deadline
             )
 
+    def leading_for(self) -> float:
+        """Seconds our leadership stays valid without another renewal (0 when not leading)."""
+        with self._lock:
+            if not self._leading or self._renewed_at is None:
+                return 0.0
+            return max(0.0, self._renewed_at + self.renew_deadline - self._clock())
+
     def holder(self) -> str | None:
         spec = self._observed or {}
         value = spec.get("holderIdentity")
