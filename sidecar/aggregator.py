@@ -72,6 +72,7 @@ class _AppState:
     warned: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     timeout_reported: str | None = None  # rollout id whose slowness was reported
     purge_attempts: int = 0
+    retry_at: float = 0.0  # no new purge attempt before this (backoff after a retryable error)
     completed_at: dict[str, float] = field(default_factory=dict)  # rollout id -> when seen
 
 
@@ -583,6 +584,10 @@ class Aggregator:
     def _start_purge(self, name: str, dep: Obj, cfg: AppConfig, intent: Intent) -> None:
         if name in self._in_flight and self._in_flight[name].is_alive():
             return
+        state = self._apps.get(name)
+        if state is not None and state.retry_at > self._clock():
+            self._mark(name, state.retry_at)  # still backing off: any re-evaluation waits too
+            return
         thread = threading.Thread(
             target=self._purge, args=(name, dep, cfg, intent), name=f"purge-{name}", daemon=True
         )
@@ -676,6 +681,7 @@ class Aggregator:
             if exc.retryable:
                 state.purge_attempts += 1
                 delay = min(self.options.purge_retry_max, 2.0 ** min(state.purge_attempts, 6))
+                state.retry_at = self._clock() + delay
                 log.warning(
                     "purge.retry", error=exc.code, message=exc.message, retry_in=delay, **fields
                 )
@@ -708,10 +714,11 @@ class Aggregator:
         except Exception as exc:
             state.purge_attempts += 1
             delay = min(self.options.purge_retry_max, 2.0 ** min(state.purge_attempts, 6))
+            state.retry_at = self._clock() + delay
             log.exception("purge.error", error=str(exc)[:300], retry_in=delay, **fields)
             self._mark(name, self._clock() + delay)
             return
-        state.purge_attempts = 0
+        state.purge_attempts, state.retry_at = 0, 0.0
         self.metrics.purges.labels(app=cfg.app, provider=cfg.provider, outcome=result.status).inc()
         self.metrics.rollouts.labels(app=cfg.app, result="purged").inc()
         log.info(

@@ -356,9 +356,8 @@ def aggregator_with_key(world: World, identity: str, access_key: str, **kw: Any)
 
 
 def end_throttling(world: World) -> None:
-    """The emulator has no public way to cancel injected errors: drop the ones left."""
-    with world.cloudfront._lock:
-        world.cloudfront._injections.clear()
+    """CloudFront recovers: the injected errors left are dropped."""
+    world.cloudfront.clear_injections()
 
 
 def freeze_renewals(monkeypatch: pytest.MonkeyPatch, agg: Aggregator) -> float:

@@ -8,6 +8,7 @@ no premature purge; none for failed or superseded rollouts); liveness with gener
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -297,3 +298,35 @@ def test_sidecar_mode_ignores_apps_without_the_label(world: World) -> None:
     world.set_image("web", "shop/web:2")
     world.ready_all("web")
     assert stays(lambda: invalidations(world) == 0 and "web" not in world.ledger(), 1.0)
+
+
+def test_a_retryable_purge_error_backs_off_then_purges_once(world: World) -> None:
+    import logging
+
+    requested: list[float] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "purge.requested":
+                requested.append(time.monotonic())
+
+    handler = Capture()
+    logging.getLogger("cache_buster.aggregator").addHandler(handler)
+    try:
+        world.cloudfront.add_distribution(["www.example.com"])
+        world.aggregator(invalidation_timeout=0.3, purge_retry_max=0.6)
+        settle(world, "web", "shop/web:1")
+        world.cloudfront.throttle_next(1000, "CreateInvalidation")
+        world.set_image("web", "shop/web:2")
+        world.ready_all("web")
+        assert world.wait_for(lambda: len(requested) >= 3, timeout=8)
+        gaps = [b - a for a, b in itertools.pairwise(requested)]
+        # Each attempt gives up after 0.3 s of CloudFront backoff; the next waits out the
+        # aggregator's backoff (0.6 s here), however often the app is re-evaluated meanwhile.
+        assert all(gap >= 0.8 for gap in gaps), gaps
+        assert invalidations(world) == 0
+        world.cloudfront.clear_injections()  # CloudFront stops throttling
+        assert world.wait_for(lambda: invalidations(world) == 1, timeout=8)
+        assert stays(lambda: invalidations(world) == 1)
+    finally:
+        logging.getLogger("cache_buster.aggregator").removeHandler(handler)

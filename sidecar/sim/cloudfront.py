@@ -365,6 +365,11 @@ class CloudFrontEmulator:
         with self._lock:
             self._injections.append(_Injection("drop", n, operation))
 
+    def clear_injections(self) -> None:
+        """Cancel every pending injected throttle, error and drop: CloudFront recovers."""
+        with self._lock:
+            self._injections = []
+
     @staticmethod
     def _check_operation(operation: str | None) -> None:
         if operation is not None and operation not in OPERATIONS:
