@@ -129,14 +129,7 @@ class LeaderElector:
         with self._lock:
             self._leading = False
         try:
-            lease = read_json(
-                self._api.read_namespaced_lease(
-                    self.name,
-                    self.namespace,
-                    _preload_content=False,
-                    _request_timeout=self._timeout,
-                )
-            )
+            lease = self._read_lease()
             spec = lease.get("spec") or {}
             if spec.get("holderIdentity") != self.identity:
                 return
@@ -179,17 +172,18 @@ class LeaderElector:
             )
         return body
 
+    def _read_lease(self) -> dict[str, Any]:
+        lease: dict[str, Any] = read_json(
+            self._api.read_namespaced_lease(
+                self.name, self.namespace, _preload_content=False, _request_timeout=self._timeout
+            )
+        )
+        return lease
+
     def _try_acquire_or_renew(self) -> bool:
         try:
             try:
-                lease = read_json(
-                    self._api.read_namespaced_lease(
-                        self.name,
-                        self.namespace,
-                        _preload_content=False,
-                        _request_timeout=self._timeout,
-                    )
-                )
+                lease = self._read_lease()
             except ApiException as exc:
                 if exc.status != 404:
                     raise
