@@ -45,6 +45,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._records: dict[str, AppRecord] = {}
         self._annotations: dict[str, str] = {}
+        self._labels: dict[str, str] = {}  # kept as found: people label ConfigMaps too
         self._resource_version: str | None = None
         self._exists = False
         self.corrupt: dict[str, str] = {}  # app -> error, for entries we could not parse
@@ -72,7 +73,7 @@ class Ledger:
         except ApiException as exc:
             if exc.status != 404:
                 raise
-            self._records, self._annotations = {}, {}
+            self._records, self._annotations, self._labels = {}, {}, {}
             self.corrupt, self._corrupt_raw = {}, {}
             self._resource_version, self._exists = None, False
             return
@@ -92,6 +93,7 @@ class Ledger:
         self.corrupt, self._corrupt_raw = corrupt, corrupt_raw
         self._records = records
         self._annotations = dict((cm.get("metadata") or {}).get("annotations") or {})
+        self._labels = dict((cm.get("metadata") or {}).get("labels") or {})
         self._resource_version = (cm.get("metadata") or {}).get("resourceVersion")
         self._exists = True
 
@@ -145,7 +147,7 @@ class Ledger:
         meta: dict[str, Any] = {
             "name": self.name,
             "namespace": self.namespace,
-            "labels": dict(MANAGED_BY),
+            "labels": {**self._labels, **MANAGED_BY},
             "annotations": dict(self._annotations),
         }
         if self._resource_version:

@@ -142,13 +142,25 @@ class ReportCache:
         # Called by redis-py after the subscriber's connection (re)connected and re-subscribed.
         self._reconnected.set()
 
+    def _await_confirmation(self, pubsub: Any, timeout: float = 5.0) -> None:
+        """Redis confirms SUBSCRIBE before it delivers anything on that connection; only from
+        then on is every PUBLISH seen, so the re-read must not start earlier."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            message = pubsub.get_message(timeout=min(0.5, timeout))
+            if message and message.get("type") == "subscribe":
+                return
+        if not self._stop.is_set():
+            raise redis.ConnectionError("no SUBSCRIBE confirmation from Redis")
+
     def _run(self) -> None:
         backoff = 0.2
         while not self._stop.is_set():
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
             connection: Any = None
             try:
                 pubsub.subscribe(report_channel(self.namespace))
+                self._await_confirmation(pubsub)
                 connection = pubsub.connection
                 if connection is not None:
                     connection.register_connect_callback(self._on_connect)

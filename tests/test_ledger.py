@@ -261,3 +261,15 @@ def test_many_changes_are_one_update_and_a_changed_app_is_left_out(
     assert AppRecord.from_json(data["db"]) == settled("db:1", BASELINE, app="db")
     assert set(data) == {"web", "api", "db"}
     assert ours.compare_and_set_many({}) == set()
+
+
+def test_labels_people_add_to_the_configmap_are_kept(
+    kube: KubeEmulator, core: client.CoreV1Api
+) -> None:
+    ledger = Ledger(core, NS)
+    assert ledger.compare_and_set("web", AppRecord(), settled("nginx:1.27", BASELINE))
+    kube.patch("configmaps", NS, "cache-buster-ledger", {"metadata": {"labels": {"team": "web"}}})
+    ledger.load()
+    assert ledger.compare_and_set("web", settled("nginx:1.27", BASELINE), settled("nginx:1.28"))
+    labels = kube.get("configmaps", NS, "cache-buster-ledger")["metadata"]["labels"]  # type: ignore[index]
+    assert labels == {"team": "web", "app.kubernetes.io/managed-by": "cache-buster"}
