@@ -12,7 +12,7 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from sidecar.sim.kube_patch import PatchError, json_patch, merge_patch, strategic_merge_patch
-from sidecar.sim.kube_selectors import labels_match, parse_label_selector
+from sidecar.sim.kube_selectors import SelectorError, labels_match, parse_label_selector
 from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
 
 NS = "default"
@@ -681,10 +681,19 @@ def test_json_patch_and_merge_patch_units() -> None:
         ("a notin (1)", {"a": "1"}, False),
         ("!a", {"b": "1"}, True),
         ("cache-buster.io/enabled=true", {"cache-buster.io/enabled": "true"}, True),
+        ("tier>2", {"tier": "3"}, True),
+        ("tier>2", {"tier": "x"}, False),
+        ("tier<2", {}, False),
     ],
 )
 def test_label_selector_table(selector: str, labels: dict[str, str], matches: bool) -> None:
     assert labels_match(parse_label_selector(selector), labels) is matches
+
+
+@pytest.mark.parametrize("selector", ["a in (1", "a=b=c d", "a>x", "Bad Key=1"])
+def test_an_invalid_label_selector_is_rejected(selector: str) -> None:
+    with pytest.raises(SelectorError):
+        parse_label_selector(selector)
 
 
 def test_watch_timeout_ends_the_stream(kube: KubeEmulator, api: client.ApiClient) -> None:

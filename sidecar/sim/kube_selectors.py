@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from sidecar.config import parse_label_selector as config_parse_label_selector
 
 
 class SelectorError(ValueError):
@@ -16,7 +17,7 @@ class SelectorError(ValueError):
 @dataclass(frozen=True)
 class Requirement:
     key: str
-    op: str  # "=", "!=", "in", "notin", "exists", "!"
+    op: str  # "=", "!=", "in", "notin", "exists", "!", "<", ">"
     values: frozenset[str] = frozenset()
 
     def matches(self, labels: Mapping[str, str]) -> bool:
@@ -27,63 +28,29 @@ class Requirement:
             return not present
         if self.op in ("=", "in"):
             return present and labels[self.key] in self.values
+        if self.op in ("<", ">"):
+            # Gt/Lt: the label must exist and parse as an integer, as the server requires.
+            try:
+                have, bound = int(labels[self.key]), int(next(iter(self.values)))
+            except (KeyError, ValueError, StopIteration):
+                return False
+            return have < bound if self.op == "<" else have > bound
         # "!=" and "notin" match objects without the label, as the server does.
         return not present or labels[self.key] not in self.values
 
 
-_SET_RE = re.compile(r"^\s*([^\s!=(),]+)\s+(in|notin)\s*\(([^)]*)\)\s*$")
-_LABEL_KEY_RE = re.compile(
-    r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
-)
-
-
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas that are not inside an `in (...)` value set."""
-    parts: list[str] = []
-    depth = 0
-    current: list[str] = []
-    for ch in text:
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        if ch == "," and depth == 0:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return [p.strip() for p in parts if p.strip()]
-
-
-def _check_key(key: str) -> str:
-    if not _LABEL_KEY_RE.match(key):
-        raise SelectorError(f"invalid label key {key!r}")
-    return key
-
-
 def parse_label_selector(text: str | None) -> list[Requirement]:
+    """The `labelSelector` query parameter, parsed by the same grammar the aggregator
+    validates `WATCH_SELECTOR` with (sidecar.config), so the two never drift apart."""
     if not text:
         return []
-    reqs: list[Requirement] = []
-    for part in _split_top_level(text):
-        m = _SET_RE.match(part)
-        if m:
-            values = frozenset(v.strip() for v in m.group(3).split(",") if v.strip())
-            reqs.append(Requirement(_check_key(m.group(1)), m.group(2), values))
-            continue
-        for op in ("!=", "==", "="):
-            if op in part:
-                key, _, value = part.partition(op)
-                norm = "!=" if op == "!=" else "="
-                reqs.append(Requirement(_check_key(key.strip()), norm, frozenset({value.strip()})))
-                break
-        else:
-            if part.startswith("!"):
-                reqs.append(Requirement(_check_key(part[1:].strip()), "!"))
-            else:
-                reqs.append(Requirement(_check_key(part), "exists"))
-    return reqs
+    try:
+        parsed = config_parse_label_selector(text)
+    except ValueError as exc:
+        raise SelectorError(f"unable to parse requirement: {exc}") from None
+    return [
+        Requirement(key, "=" if op == "==" else op, frozenset(values)) for key, op, values in parsed
+    ]
 
 
 def selector_from_label_selector(sel: Mapping[str, Any] | None) -> list[Requirement]:
