@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sidecar.reporter import Observation, Reporter, ReporterConfig
-from sidecar.resp import RespClient, parse_redis_url
+from sidecar.reporter.loop import Observation, Reporter, ReporterConfig
+from sidecar.reporter.resp import RespClient, parse_redis_url
 from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
 from sidecar.sim.redis_servers import RedisServer
 

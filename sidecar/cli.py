@@ -56,8 +56,13 @@ def aggregate(
         _fail(f"invalid configuration: {err}", 2)
     # Everything that can be checked before acting is, before the first log line, so a bad
     # setting gives exactly one line on stderr.
-    from sidecar.metrics import Metrics
-    from sidecar.runtime import StartupError, build_aggregator, kubernetes_client, serve_metrics
+    from sidecar.aggregator.metrics import Metrics
+    from sidecar.aggregator.wiring import (
+        StartupError,
+        build_aggregator,
+        kubernetes_client,
+        serve_metrics,
+    )
 
     metrics = Metrics()
     try:
@@ -174,7 +179,7 @@ def demo(
     last one, the webhook. Exits 0 when the scenario made the CloudFront
     invalidations it should (1, 0, 0, 1, 2 in --scenario order), else 1 and why.
     """
-    from sidecar.demo import run as run_demo
+    from sidecar.sim.demo import run as run_demo
 
     raise typer.Exit(run_demo(scenario, mode=mode, json_output=json_output, verbose=verbose))
 

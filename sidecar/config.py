@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit
 
-from sidecar.webhooks import WebhookConfig, WebhookConfigError, load_webhooks
+from sidecar.webhooks.sender import WebhookConfig, WebhookConfigError, load_webhooks
 
 SERVICEACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 ENABLED_LABEL = "cache-buster.io/enabled"

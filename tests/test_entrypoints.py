@@ -30,8 +30,8 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from sidecar.keys import report_pattern
-from sidecar.rollout import rollout_status
+from sidecar.core.rollout import rollout_status
+from sidecar.core.wire import report_pattern
 from sidecar.sim.cloudfront import TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY, CloudFrontEmulator
 from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
 from sidecar.sim.redis_servers import RedisServer

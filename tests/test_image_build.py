@@ -35,7 +35,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from sidecar.config import Settings
-from sidecar.reporter import DEFAULT_HEALTH_PORT
+from sidecar.reporter.loop import DEFAULT_HEALTH_PORT
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -259,7 +259,7 @@ def test_build_context_holds_what_the_build_needs_and_nothing_else() -> None:
     names = set(context)
     needed = {"pyproject.toml", "constraints.txt", BUILD_SCRIPT, PYPROJECT["project"]["readme"]}
     assert needed <= names, f"missing from the build context: {needed - names}"
-    for package in ("sidecar/__init__.py", "sidecar/entry.py", "sidecar/reporter.py"):
+    for package in ("sidecar/__init__.py", "sidecar/entry.py", "sidecar/reporter/__init__.py"):
         assert package in names
     # Every package setuptools would include must be in the context (initwait/ once it exists).
     includes = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
@@ -578,7 +578,7 @@ def _check_venv_contents(venv: Path) -> None:
             assert name in conditional, f"{name} is a runtime dependency but not pinned"
 
     site = venv / "lib" / "python3.11" / "site-packages"
-    assert any((site / "sidecar" / "__pycache__").glob("reporter.*.pyc")), (
+    assert any((site / "sidecar" / "reporter" / "__pycache__").glob("*.pyc")), (
         "bytecode is compiled at build time: the process cannot write into the venv"
     )
 

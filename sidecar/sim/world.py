@@ -12,15 +12,15 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sidecar.aggregator import Aggregator, AggregatorOptions
+from sidecar.aggregator.facade import Aggregator, AggregatorOptions
 from sidecar.logs import get_logger
 from sidecar.providers.cloudfront import CloudFrontProvider
-from sidecar.reporter import PROBE_RETRY_INTERVAL, Observation, Reporter, ReporterConfig
-from sidecar.resp import RedisAddress, RespClient, parse_redis_url
+from sidecar.reporter.loop import PROBE_RETRY_INTERVAL, Observation, Reporter, ReporterConfig
+from sidecar.reporter.resp import RedisAddress, RespClient, parse_redis_url
 from sidecar.sim.cloudfront import CloudFrontEmulator
 from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
 from sidecar.sim.webhook_receiver import WebhookReceiver
-from sidecar.webhooks import WebhookSender, parse_webhooks
+from sidecar.webhooks.sender import WebhookSender, parse_webhooks
 
 log = get_logger("sim.world")
 
@@ -339,7 +339,7 @@ class World:
 
     def ready_all(self, name: str, timeout: float = 5.0) -> None:
         """Make pods ready as the controller creates them until the rollout is complete."""
-        from sidecar.rollout import rollout_status
+        from sidecar.core.rollout import rollout_status
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,0 +1,157 @@
+"""Builds the long-running pieces from validated Settings (the I/O edge of `aggregate`)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from sidecar.aggregator.facade import Aggregator, AggregatorOptions
+from sidecar.aggregator.metrics import Metrics
+from sidecar.config import ConfigError, RedisEndpoint, Settings
+from sidecar.logs import get_logger
+from sidecar.providers.base import Provider
+from sidecar.webhooks.sender import WebhookSender
+
+log = get_logger("runtime")
+
+
+class StartupError(RuntimeError):
+    """The process cannot start for a reason other than its settings; `str()` is one line
+    for the operator, free of secrets."""
+
+
+def kubernetes_client(kubeconfig: str | None = None) -> Any:
+    """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config.
+
+    Raises ConfigError naming where the configuration came from when it cannot be loaded."""
+    from kubernetes import client, config
+
+    in_cluster = kubeconfig is None and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    source = "--kubeconfig" if kubeconfig else "in-cluster config" if in_cluster else "KUBECONFIG"
+    try:
+        if in_cluster:
+            config.load_incluster_config()
+            return client.ApiClient()
+        api_config = client.Configuration()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=api_config)
+        return client.ApiClient(api_config)
+    except config.ConfigException as err:
+        raise ConfigError(source, _one_line(str(err))) from None
+    except OSError as err:
+        raise ConfigError(source, f"cannot read: {err.strerror or type(err).__name__}") from None
+    except Exception as err:
+        # A YAML error quotes the offending line, which may hold a token: name the kind only.
+        raise ConfigError(source, f"cannot load: {type(err).__name__}") from None
+
+
+def serve_metrics(metrics: Metrics, port: int) -> None:
+    """Listen for Prometheus scrapes (0: off). Raises ConfigError when the port is taken."""
+    try:
+        metrics.serve(port)
+    except OSError as err:
+        raise ConfigError(
+            "METRICS_PORT", f"cannot listen on port {port}: {err.strerror or err}"
+        ) from None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    return " ".join(text.split())[:limit]
+
+
+def _describe_api_error(err: BaseException) -> str:
+    status = getattr(err, "status", None)
+    if isinstance(status, int) and status:
+        # ApiException's str() spans lines and dumps response headers.
+        return f"HTTP {status} {getattr(err, 'reason', '') or ''}".strip()
+    return _one_line(f"{type(err).__name__}: {err}")
+
+
+def redis_client(endpoint: RedisEndpoint) -> Any:
+    import redis
+
+    return redis.Redis.from_url(
+        endpoint.url,
+        socket_timeout=5,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+        decode_responses=True,
+    )
+
+
+def providers(settings: Settings) -> dict[str, Provider]:
+    from sidecar.providers.cloudfront import CloudFrontProvider
+
+    return {
+        "cloudfront": CloudFrontProvider(
+            distribution_cache_ttl=settings.distribution_cache_ttl,
+            poll_interval=settings.invalidation_poll_interval,
+        )
+    }
+
+
+def options(settings: Settings, cluster: str) -> AggregatorOptions:
+    return AggregatorOptions(
+        namespace=settings.namespace,
+        mode=settings.mode,
+        label_selector=settings.effective_selector or None,
+        group=settings.cluster_group,
+        cluster=cluster,
+        identity=settings.pod_name or socket.gethostname(),
+        lease_name=settings.leader_lease_name,
+        lease_duration=settings.lease_duration,
+        renew_deadline=settings.lease_renew_deadline,
+        retry_period=settings.lease_retry_period,
+        ledger_name=settings.ledger_configmap,
+        invalidation_timeout=settings.invalidation_timeout,
+        rollout_timeout=settings.rollout_timeout,
+        report_recheck=settings.report_stale_after / 3,
+        report_stale_after=settings.report_stale_after,
+    )
+
+
+def build_aggregator(
+    settings: Settings,
+    api_client: Any,
+    *,
+    provider_map: dict[str, Provider] | None = None,
+    redis_override: Any = None,
+    metrics: Metrics | None = None,
+) -> Aggregator:
+    """Raises StartupError when CLUSTER_NAME is unset and the generated name cannot be read
+    or persisted (API unreachable, RBAC missing for the ledger ConfigMap)."""
+    from sidecar.kube.ledger import Ledger
+
+    cluster = settings.cluster_name
+    if not cluster:
+        from kubernetes import client
+
+        try:
+            cluster = Ledger(
+                client.CoreV1Api(api_client), settings.namespace, settings.ledger_configmap
+            ).cluster_name()
+        except Exception as err:
+            # Without a cluster name there is no group protocol: stop with one clear line
+            # (the pod restarts with backoff) rather than a traceback.
+            raise StartupError(
+                f"CLUSTER_NAME is unset and the generated name could not be kept in ConfigMap "
+                f"{settings.namespace}/{settings.ledger_configmap} ({_describe_api_error(err)}); "
+                "check the API server and the RBAC for configmaps, or set CLUSTER_NAME"
+            ) from None
+        log.info("cluster.generated_name", cluster=cluster)
+    redis_conn = None
+    if settings.mode == "sidecar":
+        redis_conn = redis_override if redis_override is not None else redis_client(settings.redis)
+    sender = WebhookSender(
+        settings.webhooks,
+        default_timeout=settings.webhook_timeout,
+        default_retries=settings.webhook_retries,
+    )
+    return Aggregator(
+        options(settings, cluster),
+        api_client,
+        providers=provider_map if provider_map is not None else providers(settings),
+        webhooks=sender,
+        redis_client=redis_conn,
+        metrics=metrics,
+    )

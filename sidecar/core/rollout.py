@@ -1,0 +1,273 @@
+"""Rollout evaluation: pure functions over Deployment, ReplicaSet and report dicts.
+
+`rollout_status` is `kubectl rollout status`'s verdict, exactly (kubectl's
+DeploymentStatusViewer): it never reads readyReplicas, and a `ProgressDeadlineExceeded`
+condition is reported but, unlike kubectl's exit, not final for us (Kubernetes takes no
+action; the rollout may still complete). `observe` adds what cache-buster needs on top: the
+watched container's image, the new ReplicaSet, the image the rollout started from, pause, and
+in sidecar mode whether every desired pod of the new ReplicaSet reports in and passes its probe.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar.core.images import ImageRefError, parse_image
+
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
+TEMPLATE_HASH_LABEL = "pod-template-hash"
+TIMED_OUT_REASON = "ProgressDeadlineExceeded"
+
+Obj = Mapping[str, Any]
+
+
+class Phase(enum.Enum):
+    WAITING = "waiting"
+    STALLED = "stalled"  # ProgressDeadlineExceeded: reported, not final
+    PAUSED = "paused"  # no verdict until resumed
+    COMPLETE = "complete"
+
+
+@dataclass(frozen=True)
+class Status:
+    phase: Phase
+    message: str
+
+    @property
+    def complete(self) -> bool:
+        return self.phase is Phase.COMPLETE
+
+
+def _get(obj: Obj, *path: str, default: Any = None) -> Any:
+    cur: Any = obj
+    for key in path:
+        if not isinstance(cur, Mapping):
+            return default
+        cur = cur.get(key)
+        if cur is None:
+            return default
+    return cur
+
+
+def rollout_status(deployment: Obj) -> Status:
+    """kubectl rollout status --watch=false, as kubectl 1.32 decides and words it."""
+    name = _get(deployment, "metadata", "name", default="")
+    generation = int(_get(deployment, "metadata", "generation", default=0))
+    observed = int(_get(deployment, "status", "observedGeneration", default=0))
+    if generation > observed:
+        return Status(Phase.WAITING, "Waiting for deployment spec update to be observed...")
+    for cond in _get(deployment, "status", "conditions", default=[]):
+        if cond.get("type") == "Progressing" and cond.get("reason") == TIMED_OUT_REASON:
+            return Status(Phase.STALLED, f'deployment "{name}" exceeded its progress deadline')
+    spec_replicas = _get(deployment, "spec", "replicas")
+    updated = int(_get(deployment, "status", "updatedReplicas", default=0))
+    replicas = int(_get(deployment, "status", "replicas", default=0))
+    available = int(_get(deployment, "status", "availableReplicas", default=0))
+    if spec_replicas is not None and updated < int(spec_replicas):
+        return Status(
+            Phase.WAITING,
+            f'Waiting for deployment "{name}" rollout to finish: {updated} out of '
+            f"{int(spec_replicas)} new replicas have been updated...",
+        )
+    if replicas > updated:
+        return Status(
+            Phase.WAITING,
+            f'Waiting for deployment "{name}" rollout to finish: {replicas - updated} old '
+            "replicas are pending termination...",
+        )
+    if available < updated:
+        return Status(
+            Phase.WAITING,
+            f'Waiting for deployment "{name}" rollout to finish: {available} of {updated} '
+            "updated replicas are available...",
+        )
+    return Status(Phase.COMPLETE, f'deployment "{name}" successfully rolled out')
+
+
+def container_image(template_spec: Obj, container: str | None) -> str | None:
+    """The watched container's image: the named one, else the first (seed 1)."""
+    containers = _get(template_spec, "containers", default=[])
+    if not containers:
+        return None
+    if container is None:
+        image = containers[0].get("image")
+        return str(image) if image else None
+    for c in containers:
+        if c.get("name") == container:
+            image = c.get("image")
+            return str(image) if image else None
+    return None
+
+
+def revision(replicaset: Obj) -> int:
+    try:
+        return int(_get(replicaset, "metadata", "annotations", REVISION_ANNOTATION, default=0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def owned_by(replicaset: Obj, deployment: Obj) -> bool:
+    uid = _get(deployment, "metadata", "uid")
+    return any(
+        ref.get("uid") == uid and ref.get("controller", False)
+        for ref in _get(replicaset, "metadata", "ownerReferences", default=[])
+    )
+
+
+def template_key(template: Obj) -> str:
+    """A digest of a pod template without the `pod-template-hash` label: equal for a
+    Deployment and the ReplicaSet made from its template (the controller's EqualIgnoreHash).
+    Trimmed cache entries carry it precomputed under `_template_key`."""
+    meta = dict(_get(template, "metadata", default={}))
+    labels = dict(meta.get("labels") or {})
+    labels.pop(TEMPLATE_HASH_LABEL, None)
+    meta["labels"] = labels
+    meta.pop("creationTimestamp", None)
+    canonical = json.dumps(
+        {"metadata": meta, "spec": _get(template, "spec", default={})},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _template_key_of(obj: Obj) -> str:
+    cached = obj.get("_template_key")
+    return str(cached) if cached else template_key(_get(obj, "spec", "template", default={}))
+
+
+def new_replicaset(deployment: Obj, replicasets: Iterable[Obj]) -> Obj | None:
+    """The ReplicaSet whose template is the Deployment's current one (FindNewReplicaSet)."""
+    key = _template_key_of(deployment)
+    matches = [rs for rs in replicasets if owned_by(rs, deployment) and _template_key_of(rs) == key]
+    if not matches:
+        return None
+    # Several RSs can share a template only transiently; the controller takes the oldest.
+    return min(matches, key=lambda rs: _get(rs, "metadata", "creationTimestamp", default=""))
+
+
+def previous_image(
+    deployment: Obj, replicasets: Iterable[Obj], container: str | None
+) -> str | None:
+    """The image of the newest old ReplicaSet that still has pods or the highest revision:
+    what a rollout first seen mid-way started from, when the ledger has no entry."""
+    rs_list = [rs for rs in replicasets if owned_by(rs, deployment)]
+    new = new_replicaset(deployment, rs_list)
+    new_uid = _get(new, "metadata", "uid") if new else None
+    old = [rs for rs in rs_list if _get(rs, "metadata", "uid") != new_uid]
+    if not old:
+        return None
+    newest = max(old, key=revision)
+    return container_image(_get(newest, "spec", "template", "spec", default={}), container)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A pod's report as the reporter writes it (see sidecar.reporter.loop)."""
+
+    pod: str
+    template_hash: str
+    probe_ok: bool
+    version: str | None
+    terminating: bool
+    # The reporter's clock at its last heartbeat; not part of what the report says.
+    updated_at: float = field(default=0.0, compare=False)
+
+
+def tag_matches_version(image: str, version: str | None) -> bool:
+    """A version endpoint proves the new version is served when its answer names the tag."""
+    if version is None:
+        return True
+    try:
+        tag = parse_image(image).tag
+    except ImageRefError:
+        return False
+    if tag is None:
+        return True  # nothing to compare against (digest-only or untagged)
+    v = version.strip()
+    return v == tag or v.lstrip("vV") == tag.lstrip("vV")
+
+
+@dataclass(frozen=True)
+class ReportCount:
+    ready: int
+    desired: int
+    problems: tuple[str, ...]
+
+    @property
+    def satisfied(self) -> bool:
+        return self.ready >= self.desired
+
+
+def count_reports(
+    template_hash: str, desired: int, image: str, reports: Sequence[Report]
+) -> ReportCount:
+    """Sidecar mode: live, non-terminating reports of the new ReplicaSet's pods whose probe
+    passes (and whose version endpoint, if any, serves the image's tag)."""
+    ready = 0
+    problems: list[str] = []
+    for r in reports:
+        if r.template_hash != template_hash or r.terminating:
+            continue
+        if not r.probe_ok:
+            problems.append(f"{r.pod}: probe failing")
+        elif not tag_matches_version(image, r.version):
+            problems.append(f"{r.pod}: serves version {r.version!r}")
+        else:
+            ready += 1
+    return ReportCount(ready=ready, desired=desired, problems=tuple(problems))
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the decision needs to know about one Deployment right now."""
+
+    image: str | None  # the watched container's image in the current template
+    status: Status
+    previous_image: str | None  # newest old ReplicaSet's image (used only without a ledger)
+    new_rs_hash: str | None
+    desired: int
+
+
+def observe(
+    deployment: Obj,
+    replicasets: Iterable[Obj],
+    *,
+    container: str | None = None,
+    reports: Sequence[Report] | None = None,
+) -> Observation:
+    """Combine the API's rollout status with (in sidecar mode, `reports` given) the pods'."""
+    rs_list = list(replicasets)
+    image = container_image(_get(deployment, "spec", "template", "spec", default={}), container)
+    status = rollout_status(deployment)
+    if _get(deployment, "spec", "paused", default=False) and status.phase is not Phase.COMPLETE:
+        status = Status(
+            Phase.PAUSED, f'deployment "{_get(deployment, "metadata", "name")}" is paused'
+        )
+    new = new_replicaset(deployment, rs_list)
+    new_hash = _get(new, "metadata", "labels", TEMPLATE_HASH_LABEL) if new else None
+    desired = int(_get(deployment, "spec", "replicas", default=1))
+    if status.complete and reports is not None and desired > 0:
+        if new_hash is None:
+            status = Status(Phase.WAITING, "waiting for the new ReplicaSet to be observed")
+        else:
+            count = count_reports(new_hash, desired, image or "", reports)
+            if not count.satisfied:
+                detail = f" ({'; '.join(count.problems[:3])})" if count.problems else ""
+                status = Status(
+                    Phase.WAITING,
+                    f"waiting for pod reports: {count.ready} of {desired} new pods report "
+                    f"ready{detail}",
+                )
+    return Observation(
+        image=image,
+        status=status,
+        previous_image=previous_image(deployment, rs_list, container),
+        new_rs_hash=new_hash,
+        desired=desired,
+    )
