@@ -8,15 +8,8 @@ from collections.abc import Iterator, Mapping
 
 import pytest
 
-from sidecar.config import (
-    SETTINGS_REFERENCE,
-    ConfigError,
-    RedisEndpoint,
-    Settings,
-    parse_duration,
-    parse_label_selector,
-    parse_remote_hosts,
-)
+from sidecar.config import SETTINGS_REFERENCE, ConfigError, Settings, parse_remote_hosts
+from sidecar.core.grammar import RedisEndpoint, parse_duration, parse_label_selector
 
 NO_FILE = "/nonexistent/namespace"
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from sidecar.aggregator.facade import Aggregator, AggregatorOptions
 from sidecar.aggregator.metrics import Metrics
-from sidecar.config import ConfigError, RedisEndpoint, Settings
+from sidecar.config import ConfigError, Settings
+from sidecar.core.grammar import RedisEndpoint
 from sidecar.logs import get_logger
 from sidecar.providers.base import Provider
 from sidecar.webhooks.sender import WebhookSender

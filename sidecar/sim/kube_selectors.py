@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.config import parse_label_selector as config_parse_label_selector
+from sidecar.core.grammar import parse_label_selector as config_parse_label_selector
 
 
 class SelectorError(ValueError):

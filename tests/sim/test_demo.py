@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from sidecar.sim import demo
 from sidecar.logs import get_logger
+from sidecar.sim import demo
 
 ROOT = Path(__file__).resolve().parents[2]
 
