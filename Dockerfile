@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# One image for every role: `aggregate` (the default command, so seed 1 users can swap the image
-# and keep their env), `report` (the per-pod sidecar), `wait` and `purge` (Job mode).
+# One image for every role: `aggregate` (the default command, so users of the Go worker can swap
+# the image and keep their env), `report` (the per-pod sidecar), `wait` and `purge` (Job mode).
 # tests/test_image_build.py checks this file's invariants and runs docker/build-venv.sh, the
 # builder's only build step, so a careless edit fails CI even without a Docker engine.
 

@@ -1,4 +1,5 @@
-"""Memory of the two long-running processes (DESIGN "Budgets"), as separate real processes.
+"""Memory of the two long-running processes (docs/architecture.md, "Budgets"), as separate
+real processes.
 
 - reporter: `cache-buster report` with a probe, idle after its first reports: RSS and private
   (anonymous) memory; budget 40 MiB / 24 MiB.
@@ -26,9 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sidecar.reporter.loop import Observation, Reporter, ReporterConfig
-from sidecar.reporter.resp import RespClient, parse_redis_url
-from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
+from sidecar.core.grammar import parse_redis_url
+from sidecar.reporter.config import ReporterConfig
+from sidecar.reporter.loop import Observation, Reporter
+from sidecar.reporter.resp import RespClient
+from sidecar.sim.kube import KubeEmulator, deployment_manifest
 from sidecar.sim.redis_servers import RedisServer
 
 RESULTS = Path(__file__).resolve().parent / "results"

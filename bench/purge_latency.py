@@ -1,4 +1,4 @@
-"""Purge latency and API load, measured on the emulated world (DESIGN "Budgets").
+"""Purge latency and API load, measured on the emulated world (docs/architecture.md, "Budgets").
 
 Latency: from the moment the last pod of a rollout became ready to the CDN's
 CreateInvalidation request (as the CloudFront emulator received it). Sidecar mode includes the
@@ -154,7 +154,7 @@ def main() -> None:
     print("|" + "---|" * len(header))
     for row in rows:
         print("| " + " | ".join(str(row[h]) for h in header) + " |")
-    print("\nbudget: p99 < 1000 ms (DESIGN), no LIST in steady state, no duplicate")
+    print("\nbudget: p99 < 1000 ms (docs/architecture.md), no LIST in steady state, no duplicate")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "purge_latency.json").write_text(
         json.dumps(

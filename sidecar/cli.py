@@ -154,7 +154,7 @@ def demo(
         Literal["sidecar", "watcher"],
         typer.Option(
             help="sidecar: pods report readiness through Redis (the main mode); watcher: the "
-            "aggregator alone reads readiness from the API (seed 1 parity)."
+            "aggregator alone reads readiness from the API (as the Go worker does)."
         ),
     ] = "sidecar",
     json_output: Annotated[
@@ -182,6 +182,22 @@ def demo(
     from sidecar.sim.demo import run as run_demo
 
     raise typer.Exit(run_demo(scenario, mode=mode, json_output=json_output, verbose=verbose))
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def report(ctx: typer.Context) -> None:
+    """The per-pod reporter (sidecar mode): `cache-buster report --help` for its options.
+
+    The console script hands `report` to the stdlib reporter before this app is imported, so
+    the pod's sidecar never loads typer; this entry lists it in the help and hands direct
+    callers of `run()` to the same reporter.
+    """
+    from sidecar.reporter.main import main as report_main
+
+    raise typer.Exit(report_main(list(ctx.args)))
 
 
 def run(args: list[str]) -> int:

@@ -12,7 +12,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "report":
-        from sidecar.reporter.loop import main as report
+        from sidecar.reporter.main import main as report
 
         return report(args[1:])
     from sidecar.cli import run

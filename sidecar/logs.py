@@ -82,7 +82,8 @@ def get_logger(name: str, **context: Any) -> EventLogger:
 
 
 def setup(level: str | None = None, stream: Any = None) -> None:
-    """Configure the root cache_buster logger once; `LOGLEVEL` (seed 1) picks the level."""
+    """Configure the root cache_buster logger once; `LOGLEVEL` (the Go worker's setting) picks
+    the level."""
     chosen = (level or os.environ.get("LOGLEVEL") or "info").upper()
     if chosen == "WARN":
         chosen = "WARNING"

@@ -1,4 +1,5 @@
-"""Process settings: seed 1 and seed 2 environments keep working; bad values name the setting."""
+"""Process settings: the Go worker's and the Flux Job pattern's environments keep working; bad
+values name the setting."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def test_namespace_defaults_to_the_service_account_file(tmp_path: pathlib.Path) 
     assert load({"NAMESPACE": "sites"}, namespace_file=str(ns)).namespace == "sites"
 
 
-def test_seed1_environment_works_unchanged(tmp_path: pathlib.Path) -> None:
+def test_the_go_workers_environment_works_unchanged(tmp_path: pathlib.Path) -> None:
     hooks = tmp_path / "webhook.json"
     hooks.write_text(
         json.dumps(
@@ -93,7 +94,7 @@ def test_seed1_environment_works_unchanged(tmp_path: pathlib.Path) -> None:
         )
     )
     env = {
-        # Seed 1's Dockerfile values, plus the optional ones.
+        # The Go worker's Dockerfile values, plus the optional ones.
         "NAMESPACE": "sites",
         "REDIS_HOST": "localhost",
         "REDIS_PORT": "6379",
@@ -117,7 +118,7 @@ def test_seed1_environment_works_unchanged(tmp_path: pathlib.Path) -> None:
     assert "SECRET" not in repr(s) and "SECRET" not in json.dumps(s.describe())
 
 
-def test_seed2_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_flux_job_patterns_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {
         "APP_IMAGE": "europe-west4-docker.pkg.dev/my-project/sites/siebjee:0.14.0",
         "ZONE_ID": "023E105F4ECEF8AD9CA31A8372D0C353",
@@ -234,7 +235,7 @@ def test_bad_remote_entries_name_the_entry_and_mask_passwords(value: str, fragme
     assert "hunter2" not in str(info.value)
 
 
-def test_log_levels_accept_seed1_values() -> None:
+def test_log_levels_accept_the_go_workers_values() -> None:
     for text, level in [
         ("debug", "debug"),
         ("DEBUG", "debug"),

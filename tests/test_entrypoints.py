@@ -2,8 +2,8 @@
 report`, against the emulated Kubernetes API, the CloudFront emulator, a webhook receiver and
 real redis-server processes.
 
-1. Seed 1 compatibility: seed 1's environment and webhooks file, unchanged, drive a watcher-mode
-   run (no MODE), the domain found through the Ingress named like the Deployment.
+1. Go worker compatibility: the Go worker's environment and webhooks file, unchanged, drive a
+   watcher-mode run (no MODE), the domain found through the Ingress named like the Deployment.
 2. Sidecar mode: one `report` process per pod (Downward-API environment, a local probe server
    per pod that the test controls); the purge waits for every new pod's probe.
 3. Startup validation: an invalid setting stops `aggregate` with status 2 and one stderr line
@@ -33,7 +33,7 @@ import pytest
 from sidecar.core.rollout import rollout_status
 from sidecar.core.wire import report_pattern
 from sidecar.sim.cloudfront import TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY, CloudFrontEmulator
-from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
+from sidecar.sim.kube import KubeEmulator, deployment_manifest
 from sidecar.sim.redis_servers import RedisServer
 from sidecar.sim.webhook_receiver import WebhookReceiver
 
@@ -243,17 +243,17 @@ def ingress(name: str, host: str) -> dict[str, Any]:
     }
 
 
-# --- 1. seed 1 compatibility: watcher mode --------------------------------------------------
+# --- 1. Go worker compatibility: watcher mode ----------------------------------------------
 
 
 @dataclass
-class Seed1Run:
+class GoWorkerRun:
     process: Process
     distribution: str
 
 
 @pytest.mark.slow
-def test_seed1_environment_and_webhooks_file_drive_a_watcher_run(
+def test_go_worker_environment_and_webhooks_file_drive_a_watcher_run(
     tmp_path: Path,
     kube: KubeEmulator,
     cloudfront: CloudFrontEmulator,
@@ -261,7 +261,7 @@ def test_seed1_environment_and_webhooks_file_drive_a_watcher_run(
     redis_server: RedisServer,
     processes: list[Process],
 ) -> None:
-    run = _start_seed1_run(tmp_path, kube, cloudfront, receiver, redis_server, processes)
+    run = _start_go_worker_run(tmp_path, kube, cloudfront, receiver, redis_server, processes)
     agg = run.process
 
     # The aggregator leads, generates and persists its cluster name in the ledger ConfigMap.
@@ -275,7 +275,7 @@ def test_seed1_environment_and_webhooks_file_drive_a_watcher_run(
         for e in agg.events()
     ), agg.output()
 
-    # First version: a baseline, no purge (seed 1 cached the tag on first sight).
+    # First version: a baseline, no purge (the Go worker cached the tag on first sight).
     kube.create("deployments", NAMESPACE, deployment_manifest("web", "shop/web:1", replicas=2))
     ready_all(kube, "web")
     assert wait_for(
@@ -292,7 +292,7 @@ def test_seed1_environment_and_webhooks_file_drive_a_watcher_run(
     (inv,) = cloudfront.invalidations()
     assert inv.distribution_id == run.distribution
     assert inv.paths == ("/*",)
-    # Seed 1 calls the hook once CloudFront reports Completed: not while it is InProgress.
+    # The Go worker calls the hook once CloudFront reports Completed: not while it is InProgress.
     assert wait_for(
         lambda: len(cloudfront.calls("GetInvalidation", status=200)) >= 2, alive=agg.check_alive
     ), agg.output()
@@ -304,7 +304,7 @@ def test_seed1_environment_and_webhooks_file_drive_a_watcher_run(
     assert (hook.method, hook.path) == ("POST", "/web")
     assert hook.headers.get("X-Api-Key") == "seed-one-key"
     assert hook.headers.get("Content-Type") == "application/x-www-form-urlencoded"
-    # Seed 1 sent the parameters form-encoded like Go's url.Values.Encode(): keys sorted.
+    # The Go worker sent the parameters form-encoded like Go's url.Values.Encode(): keys sorted.
     assert hook.body == b"deployment=web&env=prod+eu&note=a%26b"
     assert dict(parse_qsl(hook.body.decode())) == {
         "env": "prod eu",
@@ -319,27 +319,27 @@ def test_seed1_environment_and_webhooks_file_drive_a_watcher_run(
     assert not lease_holder(kube), kube.get("leases", NAMESPACE, LEASE)
     assert "Traceback" not in agg.stderr, agg.output()
 
-    # Secrets never appear in any output (guarantee 5).
+    # Secrets never appear in any output (docs/architecture.md, guarantee 5).
     everything = agg.stdout + agg.stderr
     assert TEST_SECRET_ACCESS_KEY not in everything
     assert "seed-one-key" not in everything  # webhook header values are credentials too
 
 
-def _start_seed1_run(
+def _start_go_worker_run(
     tmp_path: Path,
     kube: KubeEmulator,
     cloudfront: CloudFrontEmulator,
     receiver: WebhookReceiver,
     redis_server: RedisServer,
     processes: list[Process],
-) -> Seed1Run:
-    # Seed 1 found the site's domain through the Ingress named like the Deployment.
+) -> GoWorkerRun:
+    # The Go worker found the site's domain through the Ingress named like the Deployment.
     kube.create("ingresses", NAMESPACE, ingress("web", "www.shop.example"))
     # Completed only when the test says so (cloudfront.complete).
     distribution = cloudfront.add_distribution(["www.shop.example"], completion_delay=3600.0)
     cloudfront.add_distribution(["api.shop.example"])  # a neighbour that must stay untouched
 
-    # Seed 1's webhooks file, in its format: the hook named like the Deployment.
+    # The Go worker's webhooks file, in its format: the hook named like the Deployment.
     webhooks = tmp_path / "webhooks.json"
     webhooks.write_text(
         json.dumps(
@@ -357,7 +357,7 @@ def _start_seed1_run(
         )
     )
     env = harness_env(
-        # Seed 1's variables, as its users set them.
+        # The Go worker's variables, as its users set them.
         NAMESPACE=NAMESPACE,
         REDIS_HOST="127.0.0.1",
         REDIS_PORT=str(redis_server.port),
@@ -374,7 +374,7 @@ def _start_seed1_run(
     )
     process = Process(["aggregate"], env, tmp_path, "aggregate")
     processes.append(process)
-    return Seed1Run(process, distribution)
+    return GoWorkerRun(process, distribution)
 
 
 # --- 2. sidecar mode through the real entry points ---------------------------------------
@@ -669,7 +669,7 @@ def test_invalid_setting_stops_aggregate_with_one_line_naming_it(
     env = _validation_env(tmp_path)
     env.update(settings)
     if env.get("WEBHOOKS_CONFIG") == "{unknown-key}":
-        # Seed 1's format with a typo ("retry" for "retries"): refused, not ignored.
+        # The Go worker's format with a typo ("retry" for "retries"): refused, not ignored.
         hooks = tmp_path / "webhooks.json"
         hooks.write_text(
             json.dumps({"webhooks": [{"name": "web", "url": "http://127.0.0.1:9/x", "retry": 3}]})

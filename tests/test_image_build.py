@@ -5,7 +5,7 @@ both stages, runtime deps only, numeric non-root USER, ENTRYPOINT/CMD, ports mat
 defaults), so a careless edit fails CI. Then the builder's one build step, docker/build-venv.sh,
 runs on a copy of the build context filtered by .dockerignore's rules, and the resulting venv is
 run as uid 65532 the way the image runs it: help, a fail-fast `aggregate`, and a `report` with no
-settings that idles (guarantee 6) until SIGTERM.
+settings that idles (docs/architecture.md, guarantee 6) until SIGTERM.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from sidecar.config import Settings
-from sidecar.reporter.loop import DEFAULT_HEALTH_PORT
+from sidecar.reporter.config import DEFAULT_HEALTH_PORT
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -321,7 +321,7 @@ def test_runtime_stage_runs_cache_buster_as_non_root(dockerfile: Dockerfile) -> 
     ), "USER must come after the last RUN"
 
     assert runtime.all("ENTRYPOINT")[-1].exec_form() == ["cache-buster"]
-    # seed 1 users swap the image and keep their env: no arguments means `aggregate`.
+    # users of the Go worker swap the image and keep their env: no arguments means `aggregate`.
     assert runtime.all("CMD")[-1].exec_form() == ["aggregate"]
 
     env = runtime.env()

@@ -8,7 +8,6 @@ SCAN; while a rollout waits only on reports, `fresh()` re-reads that ReplicaSet'
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -16,28 +15,19 @@ from typing import Any
 
 import redis
 
+from sidecar.core.backoff import RECONNECT, Backoff
 from sidecar.core.rollout import Report
-from sidecar.core.wire import report_channel, report_key, report_pattern
+from sidecar.core.wire import (
+    Event,
+    decode_message,
+    decode_report,
+    report_channel,
+    report_key,
+    report_pattern,
+)
 from sidecar.logs import get_logger
 
 log = get_logger("reports")
-
-
-def parse_report(raw: str | bytes | None) -> Report | None:
-    if raw is None:
-        return None
-    try:
-        doc: dict[str, Any] = json.loads(raw)
-        return Report(
-            pod=str(doc["pod"]),
-            template_hash=str(doc.get("template_hash") or ""),
-            probe_ok=bool(doc.get("probe_ok", False)),
-            version=doc.get("version"),
-            terminating=bool(doc.get("terminating", False)),
-            updated_at=float(doc.get("updated_at") or 0.0),
-        )
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 class ReportCache:
@@ -89,7 +79,7 @@ class ReportCache:
         reports: list[Report] = []
         with self._lock:
             for pod, raw in zip(pods, values, strict=True):
-                report = parse_report(raw)
+                report = decode_report(raw)
                 if report is None:
                     self._reports.pop(pod, None)
                 else:
@@ -107,7 +97,7 @@ class ReportCache:
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             for raw in self._redis.mget(chunk):
-                report = parse_report(raw)
+                report = decode_report(raw)
                 if report is not None:
                     found[report.pod] = report
         with self._lock:
@@ -119,18 +109,17 @@ class ReportCache:
             self._on_change(template_hash)
 
     def _apply(self, message: dict[str, Any]) -> None:
-        try:
-            doc = json.loads(message["data"])
-            pod = str(doc["pod"])
-        except (ValueError, KeyError, TypeError):
+        parsed = decode_message(message.get("data"))
+        if parsed is None:
             return
-        if doc.get("event") == "delete":
+        pod = parsed.pod
+        if parsed.event is Event.DELETE:
             with self._lock:
                 old = self._reports.pop(pod, None)
             if old is not None:
                 self._on_change(old.template_hash)
             return
-        report = parse_report(self._redis.get(report_key(self.namespace, pod)))
+        report = decode_report(self._redis.get(report_key(self.namespace, pod)))
         with self._lock:
             old = self._reports.pop(pod, None)
             if report is not None:
@@ -154,7 +143,7 @@ class ReportCache:
             raise redis.ConnectionError("no SUBSCRIBE confirmation from Redis")
 
     def _run(self) -> None:
-        backoff = 0.2
+        backoff = Backoff(RECONNECT)
         while not self._stop.is_set():
             pubsub = self._redis.pubsub()  # type: ignore[no-untyped-call]
             connection: Any = None
@@ -168,7 +157,7 @@ class ReportCache:
                 self._resync()  # after subscribing: nothing published from now on is missed
                 self.connected.set()
                 log.info("reports.subscribed", namespace=self.namespace, pods=len(self._reports))
-                backoff = 0.2
+                backoff.reset()
                 while not self._stop.is_set():
                     message = pubsub.get_message(timeout=1.0)
                     if self._reconnected.is_set():
@@ -179,18 +168,20 @@ class ReportCache:
                         self._apply(message)
             except redis.RedisError as exc:
                 self.connected.clear()
-                log.warning("reports.redis_error", error=str(exc)[:200], retry_in=round(backoff, 2))
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                delay = backoff.next()
+                log.warning("reports.redis_error", error=str(exc)[:200], retry_in=round(delay, 2))
+                self._stop.wait(delay)
             except Exception as exc:
                 # A failing on_change (or a surprise from the client) must not end the only
                 # thread that keeps the reports current: log, re-subscribe, re-read.
                 self.connected.clear()
+                delay = backoff.next()
                 log.error(
-                    "reports.error", error=f"{type(exc).__name__}: {exc}"[:200], retry_in=backoff
+                    "reports.error",
+                    error=f"{type(exc).__name__}: {exc}"[:200],
+                    retry_in=round(delay, 2),
                 )
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                self._stop.wait(delay)
             finally:
                 if connection is not None:
                     connection.deregister_connect_callback(self._on_connect)

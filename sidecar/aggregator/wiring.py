@@ -6,8 +6,9 @@ import os
 import socket
 from typing import Any
 
-from sidecar.aggregator.facade import Aggregator, AggregatorOptions
+from sidecar.aggregator.facade import Aggregator
 from sidecar.aggregator.metrics import Metrics
+from sidecar.aggregator.options import AggregatorOptions
 from sidecar.config import ConfigError, Settings
 from sidecar.core.grammar import RedisEndpoint
 from sidecar.logs import get_logger
@@ -69,14 +70,29 @@ def _describe_api_error(err: BaseException) -> str:
 
 
 def redis_client(endpoint: RedisEndpoint) -> Any:
+    """A redis-py client for every field of the endpoint, TLS options included (the same ones
+    the reporter's client honours; see sidecar.core.grammar)."""
     import redis
 
-    return redis.Redis.from_url(
-        endpoint.url,
+    tls: dict[str, Any] = {}
+    if endpoint.tls:
+        tls = {
+            "ssl": True,
+            "ssl_cert_reqs": "required" if endpoint.tls_verify else "none",
+            "ssl_check_hostname": endpoint.tls_verify,
+            "ssl_ca_certs": endpoint.tls_ca_file,
+        }
+    return redis.Redis(
+        host=endpoint.host,
+        port=endpoint.port,
+        db=endpoint.db,
+        username=endpoint.username,
+        password=endpoint.password,
         socket_timeout=5,
         socket_connect_timeout=5,
         health_check_interval=15,
         decode_responses=True,
+        **tls,
     )
 
 
@@ -106,7 +122,6 @@ def options(settings: Settings, cluster: str) -> AggregatorOptions:
         ledger_name=settings.ledger_configmap,
         invalidation_timeout=settings.invalidation_timeout,
         rollout_timeout=settings.rollout_timeout,
-        report_recheck=settings.report_stale_after / 3,
         report_stale_after=settings.report_stale_after,
     )
 

@@ -1,9 +1,10 @@
 """Per-app settings from a Deployment's `cache-buster.io/*` annotations.
 
-Pure functions over the raw Deployment dict (no Kubernetes client models), stdlib only: the
-reporter may import `parse_probe` and `parse_version_url`. A bad annotation is one
-`AnnotationError` naming the Deployment and the annotation; the aggregator reports it for that
-app and goes on with the others (DESIGN, guarantee 5).
+Pure functions over the raw Deployment dict (no Kubernetes client models), stdlib only. Every
+value grammar (probe URLs, host names, label values, zone ids) is `sidecar.core.grammar`'s, the
+one the reporter uses too. A bad annotation is one `AnnotationError` naming the Deployment and
+the annotation; the aggregator reports it for that app and goes on with the others
+(docs/architecture.md, guarantee 5).
 """
 
 from __future__ import annotations
@@ -13,9 +14,29 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-PREFIX = "cache-buster.io/"
+from sidecar.core.grammar import (
+    ANNOTATION_PREFIX,
+    LABEL_VALUE_HINT,
+    Probe,
+    is_label_value,
+    parse_domain,
+    parse_probe,
+    parse_version_url,
+    parse_zone_id,
+)
+
+__all__ = [
+    "AnnotationError",
+    "AppConfig",
+    "Probe",
+    "app_config",
+    "parse_domain",
+    "parse_probe",
+    "parse_version_url",
+]
+
+PREFIX = ANNOTATION_PREFIX
 NAME = PREFIX + "name"
 DOMAINS = PREFIX + "domains"
 PATHS = PREFIX + "paths"
@@ -50,11 +71,8 @@ DEFAULT_PATHS = ("/*",)
 MAX_PATHS = 3000
 NO_WEBHOOKS = "none"
 
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_HOST_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # CloudFront ids are upper-case letters and digits (AWS examples: E2QWRUHAPOMQZL).
 _DISTRIBUTION_ID = re.compile(r"^[A-Z0-9]{10,20}$")
-_ZONE_ID = re.compile(r"^[0-9a-f]{32}$")
 _HOOK_NAME = re.compile(r"^[^\s,]+$")
 
 
@@ -81,17 +99,6 @@ class AnnotationError(ValueError):
 
 
 @dataclass(frozen=True)
-class Probe:
-    """How the reporter checks its app: `kind` "http" (GET `url`, 2xx/3xx passes) or "tcp"
-    (connect to `host`:`port`)."""
-
-    kind: str
-    host: str
-    port: int
-    url: str | None = None
-
-
-@dataclass(frozen=True)
 class AppConfig:
     namespace: str
     deployment: str
@@ -100,7 +107,8 @@ class AppConfig:
     # The watched container and its image as the pod template has it.
     container: str
     image: str
-    # Empty: derived later from the Ingress (seed 1) or the Service's Ingresses.
+    # Empty: derived later from the Ingress named like the Deployment (the Go worker's
+    # rule) or the Ingresses of the Services selecting the app (sidecar.core.domains).
     domains: tuple[str, ...] = ()
     paths: tuple[str, ...] = DEFAULT_PATHS
     provider: str = DEFAULT_PROVIDER
@@ -156,25 +164,6 @@ def _pick_container(deployment: Mapping[str, Any], name: str | None) -> Mapping[
     )
 
 
-def watched_image(deployment: Mapping[str, Any], container: str | None = None) -> str:
-    """The image of the watched container: `container`, else the annotation's, else the first
-    (seed 1). Raises AnnotationError when the container does not exist."""
-    if container is None:
-        value = _annotations(deployment).get(CONTAINER)
-        container = value.strip() if isinstance(value, str) and value.strip() else None
-    try:
-        image = _pick_container(deployment, container).get("image")
-    except AnnotationError as e:
-        raise e.for_deployment(_deployment_ref(deployment)) from None
-    if not isinstance(image, str) or not image:
-        raise AnnotationError(
-            "",
-            f"container {container or 'first'} has no image",
-            deployment=_deployment_ref(deployment),
-        )
-    return image
-
-
 def _list(annotation: str, value: str) -> list[str]:
     items = [item.strip() for item in value.split(",")]
     items = [item for item in items if item]
@@ -182,22 +171,6 @@ def _list(annotation: str, value: str) -> list[str]:
         raise AnnotationError(annotation, "is empty; remove it to use the default")
     # Order kept, repeats dropped.
     return list(dict.fromkeys(items))
-
-
-def parse_domain(domain: str) -> str:
-    """A lower-cased host name; `*.example.com` allowed. Raises ValueError."""
-    host = domain.strip().lower().rstrip(".")
-    labels = host.split(".")
-    if len(host) > 253 or len(labels) < 2:
-        raise ValueError(f"{json.dumps(domain)} is not a fully qualified host name")
-    for i, label in enumerate(labels):
-        if label == "*" and i == 0:
-            continue
-        if len(label) > 63 or not _HOST_LABEL.match(label):
-            raise ValueError(f"{json.dumps(domain)} is not a valid host name")
-    if labels[-1].isdigit():
-        raise ValueError(f"{json.dumps(domain)} is an address, not a host name")
-    return host
 
 
 def _paths(value: str) -> tuple[str, ...]:
@@ -219,48 +192,6 @@ def _bool(annotation: str, value: str) -> bool:
     if lowered == "false":
         return False
     raise AnnotationError(annotation, f'expected "true" or "false"; got {json.dumps(value)}')
-
-
-def parse_probe(value: str) -> Probe:
-    """`http://127.0.0.1:8080/healthz`, `https://...`, `tcp://127.0.0.1:8080`, `tcp:8080` or a
-    bare port `8080` (TCP on 127.0.0.1). Raises ValueError."""
-    text = value.strip()
-    if text.isdigit() or (text.startswith("tcp:") and not text.startswith("tcp://")):
-        port_text = text.removeprefix("tcp:")
-        return Probe(kind="tcp", host="127.0.0.1", port=_probe_port(port_text, value))
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{json.dumps(value)} is not a valid URL") from None
-    if parts.scheme in ("http", "https") and parts.hostname:
-        default = 443 if parts.scheme == "https" else 80
-        return Probe(kind="http", host=parts.hostname, port=port or default, url=text)
-    if parts.scheme == "tcp" and parts.hostname and port:
-        if parts.path not in ("", "/"):
-            raise ValueError(f"{json.dumps(value)}: a tcp probe has no path")
-        return Probe(kind="tcp", host=parts.hostname, port=port)
-    raise ValueError(
-        f"{json.dumps(value)}: expected an http(s):// URL, tcp://host:port, tcp:PORT or a port"
-    )
-
-
-def _probe_port(text: str, value: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise ValueError(f"{json.dumps(value)}: port must be a number from 1 to 65535")
-    return int(text)
-
-
-def parse_version_url(value: str) -> str:
-    text = value.strip()
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        raise ValueError(f"{json.dumps(value)} is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{json.dumps(value)}: expected an http:// or https:// URL")
-    return text
 
 
 def app_config(deployment: Mapping[str, Any]) -> AppConfig:
@@ -289,12 +220,8 @@ def _app_config(deployment: Mapping[str, Any]) -> AppConfig:
     app = name
     if NAME in ann:
         app = ann[NAME].strip()
-        if not (0 < len(app) <= 63 and _LABEL_VALUE.match(app)):
-            raise AnnotationError(
-                NAME,
-                f"{json.dumps(ann[NAME])} must be 1 to 63 letters, digits, '-', '_' or '.', "
-                "starting and ending with a letter or digit",
-            )
+        if not (app and is_label_value(app)):
+            raise AnnotationError(NAME, f"{json.dumps(ann[NAME])} must be {LABEL_VALUE_HINT}")
 
     domains: tuple[str, ...] = ()
     if DOMAINS in ann:
@@ -327,11 +254,10 @@ def _app_config(deployment: Mapping[str, Any]) -> AppConfig:
 
     zone = None
     if ZONE in ann:
-        zone = ann[ZONE].strip().lower()
-        if not _ZONE_ID.match(zone):
-            raise AnnotationError(
-                ZONE, f"{json.dumps(ann[ZONE])} is not a Cloudflare zone id (32 hex characters)"
-            )
+        try:
+            zone = parse_zone_id(ann[ZONE])
+        except ValueError as e:
+            raise AnnotationError(ZONE, f"{json.dumps(ann[ZONE])} {e}") from None
 
     container_name = ann[CONTAINER].strip() if CONTAINER in ann else None
     if container_name == "":
@@ -369,7 +295,8 @@ def _app_config(deployment: Mapping[str, Any]) -> AppConfig:
     version_url = None
     if isinstance(template_ann.get(VERSION_URL), str):
         try:
-            version_url = parse_version_url(template_ann[VERSION_URL])
+            if parse_version_url(template_ann[VERSION_URL]) is not None:
+                version_url = template_ann[VERSION_URL].strip()
         except ValueError as e:
             raise AnnotationError(f"{VERSION_URL} (pod template)", str(e)) from None
 

@@ -5,7 +5,7 @@ rollout's status, in sidecar mode combined with the pods' reports) and what the 
 remembers (`AppRecord`: the last settled rollout and the one in flight). Output: the record to
 write, and whether to purge now. The aggregator executes decisions; it never decides.
 
-The rules (DESIGN "Rollout semantics"):
+The rules (docs/architecture.md, "Decision rules"):
 - a rollout is a change of the watched image away from the last settled one; it purges once,
   when complete, with an id derived from the settled history;
 - an intent that reached PURGING is finished whatever happens next (it completed);
@@ -19,23 +19,34 @@ The rules (DESIGN "Rollout semantics"):
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, replace
 
 from sidecar.core.images import same_image
 from sidecar.core.records import (
-    BASELINE,
-    FAILED,
-    FOLLOWING,
-    PURGED,
-    PURGING,
-    SKIPPED,
     AppRecord,
     Failure,
+    FailureReason,
     Intent,
+    IntentState,
+    Outcome,
+    PurgeDetail,
     Settled,
     rollout_id,
 )
 from sidecar.core.rollout import Observation
+
+
+class Verdict(enum.StrEnum):
+    """Which rule decided (what code reads; `Decision.reason` is its wording for people)."""
+
+    NO_IMAGE = "no_image"
+    RESUMING = "resuming"  # a PURGING intent is finished
+    BASELINE = "baseline"  # first sight of a complete Deployment
+    FIRST_SIGHT_MID_ROLLOUT = "first_sight_mid_rollout"
+    SETTLED = "settled"
+    PURGE = "purge"  # the rollout completed
+    WAITING = "waiting"  # the rollout is not complete: `reason` is the rollout's status
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,7 @@ class Decision:
     purge: Intent | None  # purge this rollout now (its state is PURGING in `record`)
     failed: Failure | None  # a rollout that ended without completing, to report
     reason: str
+    verdict: Verdict
 
 
 def _same(a: str, b: str) -> bool:
@@ -62,13 +74,16 @@ def decide(
     original = record
     target = observation.image
     if target is None:
-        return Decision(None, None, None, "no image for the watched container")
+        return Decision(None, None, None, "no image for the watched container", Verdict.NO_IMAGE)
 
     intent = record.intent
-    if intent is not None and intent.state == PURGING:
+    if intent is not None and intent.state is IntentState.PURGING:
         # The rollout completed and its purge was requested or about to be: finish it with the
-        # same id, whatever changed since (guarantee 3; CloudFront dedupes by CallerReference).
-        return Decision(None, intent, None, "resuming the purge of a completed rollout")
+        # same id, whatever changed since (docs/architecture.md, guarantee 3; CloudFront
+        # dedupes by CallerReference).
+        return Decision(
+            None, intent, None, "resuming the purge of a completed rollout", Verdict.RESUMING
+        )
 
     failure: Failure | None = None
     if intent is not None and not _same(intent.image, target):
@@ -77,7 +92,7 @@ def decide(
         failure = Failure(
             image=intent.image,
             rollout_id=intent.rollout_id,
-            reason="rolled back" if rolled_back else "superseded",
+            reason=FailureReason.ROLLED_BACK if rolled_back else FailureReason.SUPERSEDED,
             at=now,
         )
         record = replace(record, intent=None, last_failure=failure)
@@ -88,7 +103,7 @@ def decide(
                 image=target,
                 rollout_id=rollout_id(group, app, target, settled.rollout_id),
                 from_image=failure.image,
-                state=FOLLOWING,
+                state=IntentState.FOLLOWING,
                 started_at=now,
                 rollback=True,
             )
@@ -104,11 +119,15 @@ def decide(
                 baseline = Settled(
                     image=target,
                     rollout_id=rollout_id(group, app, target, None),
-                    outcome=BASELINE,
+                    outcome=Outcome.BASELINE,
                     at=now,
                 )
                 return Decision(
-                    replace(record, settled=baseline), None, failure, "first sight: baseline"
+                    replace(record, settled=baseline),
+                    None,
+                    failure,
+                    "first sight: baseline",
+                    Verdict.BASELINE,
                 )
             start = observation.previous_image
             if start is None or _same(start, target):
@@ -117,54 +136,51 @@ def decide(
                     None,
                     failure,
                     "first sight mid-rollout without an earlier image: baseline once complete",
+                    Verdict.FIRST_SIGHT_MID_ROLLOUT,
                 )
             previous_id = None
         elif _same(target, settled.image):
-            return Decision(unchanged_or(record), None, failure, "settled")
+            return Decision(unchanged_or(record), None, failure, "settled", Verdict.SETTLED)
         else:
             start, previous_id = settled.image, settled.rollout_id
         intent = Intent(
             image=target,
             rollout_id=rollout_id(group, app, target, previous_id),
             from_image=start,
-            state=FOLLOWING,
+            state=IntentState.FOLLOWING,
             started_at=now,
         )
         record = replace(record, intent=intent)
 
     if observation.status.complete:
-        purging = replace(intent, state=PURGING)
+        purging = replace(intent, state=IntentState.PURGING)
         return Decision(
-            replace(record, intent=purging), purging, failure, "rollout complete: purge"
+            replace(record, intent=purging),
+            purging,
+            failure,
+            "rollout complete: purge",
+            Verdict.PURGE,
         )
-    return Decision(unchanged_or(record), None, failure, observation.status.message)
-
-
-def after_purge(record: AppRecord, intent: Intent, now: float, detail: dict[str, str]) -> AppRecord:
-    """The purge was made (or confirmed already made): the rollout is settled."""
-    return replace(
-        record,
-        settled=Settled(intent.image, intent.rollout_id, PURGED, now, dict(detail)),
-        intent=None,
+    return Decision(
+        unchanged_or(record), None, failure, observation.status.message, Verdict.WAITING
     )
+
+
+def after_purge(record: AppRecord, intent: Intent, now: float, detail: PurgeDetail) -> AppRecord:
+    """The purge was made (or confirmed already made): the rollout is settled."""
+    return _settle(record, intent, Outcome.PURGED, now, detail)
 
 
 def after_failed_purge(
-    record: AppRecord, intent: Intent, now: float, detail: dict[str, str]
+    record: AppRecord, intent: Intent, now: float, detail: PurgeDetail
 ) -> AppRecord:
     """The purge cannot be made without a person (access denied, no distribution): settle
     the rollout as failed so it is reported once and not retried forever."""
-    return replace(
-        record,
-        settled=Settled(intent.image, intent.rollout_id, FAILED, now, dict(detail)),
-        intent=None,
-    )
+    return _settle(record, intent, Outcome.FAILED, now, detail)
 
 
-def after_skip(record: AppRecord, intent: Intent, now: float, reason: str) -> AppRecord:
-    """Settled without a purge on purpose (e.g. a peer never answered and the policy skips)."""
-    return replace(
-        record,
-        settled=Settled(intent.image, intent.rollout_id, SKIPPED, now, {"reason": reason}),
-        intent=None,
-    )
+def _settle(
+    record: AppRecord, intent: Intent, outcome: Outcome, now: float, detail: PurgeDetail
+) -> AppRecord:
+    settled = Settled(intent.image, intent.rollout_id, outcome, now, detail)
+    return replace(record, settled=settled, intent=None)

@@ -1,7 +1,7 @@
 """Which domains an app serves, when its annotations do not say (pure).
 
 Order of precedence: the `cache-buster.io/domains` annotation; the Ingress named like the
-Deployment (seed 1 took its first rule's host; we take every rule's host, first one first);
+Deployment (the Go worker took its first rule's host; we take every rule's host, first one first);
 then, new here, every Ingress rule whose backend is a Service selecting the app's pods.
 """
 

@@ -1,18 +1,32 @@
 """The grammars of every value cache-buster reads, written once (stdlib only).
 
-Durations, host names and ports, Redis endpoints and URLs, Kubernetes names, label keys, label
-values and label selectors. Settings (`sidecar.config`), annotations (`sidecar.core.annotations`),
-the reporter and the CLI all parse with these functions, so one value means the same thing
-everywhere. Parsers raise `ValueError` with a message that never contains a password.
+Durations, ports, hosts, Redis endpoints and URLs, Kubernetes names, label keys, values and
+selectors, probe and version URLs, Cloudflare zone ids and the annotation prefix. Settings
+(`sidecar.config`), annotations (`sidecar.core.annotations`), the reporter and the CLI all parse
+with these functions, so one value means the same thing for every command. Parsers raise
+`ValueError` with a message that never contains a password.
+
+Two readings are fixed here on purpose:
+
+- A probe (`cache-buster.io/probe`) is `http(s)://HOST[:PORT]/PATH` (HTTP 200-399 passes, as the
+  kubelet's), `tcp://HOST:PORT`, `tcp:PORT`, or a bare port `8080`: `tcp:PORT` and a bare port
+  both mean a TCP connect to 127.0.0.1:PORT. Empty means no probe.
+- A Redis URL is `redis://[[user]:password@]host[:port][/db]` (`rediss://` for TLS) with
+  redis-py's query options `ssl_cert_reqs=none|optional|required`, `ssl_ca_certs=FILE` and
+  `db=N`; any other option is an error. The reporter's client and the aggregator's connection
+  both honour every field of the resulting `RedisEndpoint`.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass, field
-from urllib.parse import quote, unquote, urlsplit
+from dataclasses import dataclass, field, replace
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 MASK = "***"
+# Every annotation and label cache-buster reads starts with this.
+ANNOTATION_PREFIX = "cache-buster.io/"
 
 # ---------------------------------------------------------------------------------------------
 # Durations
@@ -52,53 +66,11 @@ def format_duration(seconds: float) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Redis endpoints
-
-
-def mask_url(text: str) -> str:
-    """`redis://user:secret@host` -> `redis://user:***@host`, for error messages."""
-    return re.sub(r"(://[^/@:]*:)[^/]*@", rf"\g<1>{MASK}@", text)
-
-
-@dataclass(frozen=True)
-class RedisEndpoint:
-    host: str
-    port: int = 6379
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    tls: bool = False
-    db: int = 0
-
-    @property
-    def url(self) -> str:
-        """Connection URL with credentials: for `redis.from_url`, never for a log."""
-        return self._url(self.password)
-
-    @property
-    def display_url(self) -> str:
-        """The secret-free form, for logs and errors."""
-        return self._url(MASK if self.password else None)
-
-    def _url(self, password: str | None) -> str:
-        scheme = "rediss" if self.tls else "redis"
-        auth = ""
-        if self.username or password:
-            auth = quote(self.username or "", safe="")
-            if password:
-                auth += ":" + (password if password == MASK else quote(password, safe=""))
-            auth += "@"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{auth}{host}:{self.port}/{self.db}"
-
-    def __str__(self) -> str:
-        return self.display_url
-
-    @property
-    def key(self) -> tuple[str, int, int]:
-        return (self.host.lower(), self.port, self.db)
+# Ports and hosts
 
 
 def parse_port(text: str) -> int:
+    """A TCP port, 1 to 65535. Raises ValueError."""
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise ValueError(f"port {text!r} is not a number from 1 to 65535")
     return int(text)
@@ -108,6 +80,7 @@ _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$")
 
 
 def parse_host(text: str) -> str:
+    """A host name, an IPv4 address or an IPv6 literal (brackets optional). Raises ValueError."""
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
     if ":" in text:  # IPv6 literal
@@ -119,8 +92,108 @@ def parse_host(text: str) -> str:
     return text
 
 
+def parse_domain(domain: str) -> str:
+    """A public host name a CDN serves, lower-cased; `*.example.com` allowed. Raises ValueError."""
+    host = domain.strip().lower().rstrip(".")
+    labels = host.split(".")
+    if len(host) > 253 or len(labels) < 2:
+        raise ValueError(f"{json.dumps(domain)} is not a fully qualified host name")
+    for i, label in enumerate(labels):
+        if label == "*" and i == 0:
+            continue
+        if not is_dns_label(label):
+            raise ValueError(f"{json.dumps(domain)} is not a valid host name")
+    if labels[-1].isdigit():
+        raise ValueError(f"{json.dumps(domain)} is an address, not a host name")
+    return host
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _url_port(parts_port: int | None, default: int) -> int:
+    """The port of an already split URL: `default` when absent, else 1 to 65535."""
+    if parts_port is None:
+        return default
+    return parse_port(str(parts_port))
+
+
+# ---------------------------------------------------------------------------------------------
+# Redis endpoints
+
+
+def mask_url(text: str) -> str:
+    """`redis://user:secret@host` -> `redis://user:***@host`, for error messages."""
+    return re.sub(r"(://[^/@:]*:)[^/]*@", rf"\g<1>{MASK}@", text)
+
+
+@dataclass(frozen=True)
+class RedisEndpoint:
+    """One Redis server and how to talk to it: the reporter's RESP client and the aggregator's
+    redis-py connection are both built from this."""
+
+    host: str
+    port: int = 6379
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    db: int = 0
+    # rediss:// only: verify the server's certificate (`ssl_cert_reqs=none` turns it off),
+    # against this CA bundle instead of the system's.
+    tls_verify: bool = True
+    tls_ca_file: str | None = None
+
+    @property
+    def url(self) -> str:
+        """Connection URL with credentials: never for a log."""
+        return self._url(self.password)
+
+    @property
+    def display_url(self) -> str:
+        """The secret-free form, for logs and errors: a password shows as `***`."""
+        return self._url(MASK if self.password else None)
+
+    def describe(self) -> str:
+        """The short log form: scheme, user, host, port, db (and TLS options); no password."""
+        return self._url(None)
+
+    def _url(self, password: str | None) -> str:
+        scheme = "rediss" if self.tls else "redis"
+        auth = ""
+        if self.username or password:
+            auth = quote(self.username or "", safe="")
+            if password:
+                auth += ":" + (password if password == MASK else quote(password, safe=""))
+            auth += "@"
+        options = []
+        if self.tls and not self.tls_verify:
+            options.append("ssl_cert_reqs=none")
+        if self.tls and self.tls_ca_file:
+            options.append("ssl_ca_certs=" + quote(self.tls_ca_file, safe="/"))
+        query = "?" + "&".join(options) if options else ""
+        return f"{scheme}://{auth}{_host_port(self.host, self.port)}/{self.db}{query}"
+
+    def __str__(self) -> str:
+        return self.display_url
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """Two endpoints with the same key are the same database."""
+        return (self.host.lower(), self.port, self.db)
+
+    def with_credentials(self, username: str | None, password: str | None) -> RedisEndpoint:
+        """Credentials given in the URL win; these (REDIS_USERNAME, REDIS_PASSWORD) fill what
+        the URL leaves out."""
+        return replace(
+            self,
+            username=self.username if self.username is not None else username,
+            password=self.password if self.password is not None else password,
+        )
+
+
 def parse_redis_endpoint(entry: str) -> RedisEndpoint:
-    """One peer: `host:port`, seed 1's `host__port`, bare `host`, or a redis(s):// URL.
+    """One peer: `host:port`, the Go worker's `host__port`, bare `host`, or a redis(s):// URL.
     Raises ValueError; messages never contain a password."""
     entry = entry.strip()
     if "://" in entry:
@@ -139,44 +212,143 @@ def parse_redis_endpoint(entry: str) -> RedisEndpoint:
     return RedisEndpoint(host=parse_host(entry))
 
 
+_REDIS_OPTIONS = ("db", "ssl_cert_reqs", "ssl_ca_certs")
+_CERT_REQS = ("none", "optional", "required")
+
+
 def parse_redis_url(url: str) -> RedisEndpoint:
-    parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError("scheme must be redis:// or rediss://")
-    if parts.query or parts.fragment:
-        raise ValueError("query and fragment are not supported")
-    host = parts.hostname
-    if not host:
-        raise ValueError("missing host")
+    """`redis://[[user]:password@]host[:port][/db][?options]`, `rediss://` for TLS; the options
+    are described in this module's docstring. Raises ValueError (never with the password)."""
     try:
-        port = parts.port or 6379
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"not a valid URL ({error})") from None
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"scheme must be redis:// or rediss://, got {parts.scheme or 'none'!r}")
+    if not parts.hostname:
+        raise ValueError("no host")
+    if parts.fragment:
+        raise ValueError("a fragment (#...) is not supported")
+    try:
+        query = {
+            k: v[-1] for k, v in parse_qs(parts.query, strict_parsing=bool(parts.query)).items()
+        }
     except ValueError:
-        raise ValueError("bad port") from None
-    db = 0
-    path = parts.path.strip("/")
-    if path:
-        if not path.isdigit():
-            raise ValueError(f"database {path!r} is not a number")
-        db = int(path)
+        raise ValueError("the query is not name=value pairs") from None
+    unknown = sorted(set(query) - set(_REDIS_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r}; supported: {', '.join(_REDIS_OPTIONS)}")
+    db_text = parts.path.strip("/") or query.get("db", "0")
+    if not db_text.isdigit():
+        raise ValueError(f"database must be a number, got {db_text!r}")
+    cert_reqs = query.get("ssl_cert_reqs", "required").lower()
+    if cert_reqs not in _CERT_REQS:
+        raise ValueError(f"ssl_cert_reqs must be none, optional or required, got {cert_reqs!r}")
     return RedisEndpoint(
-        host=parse_host(host),
-        port=port,
+        host=parse_host(parts.hostname),
+        port=_url_port(port, 6379),
         username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
+        password=unquote(parts.password) if parts.password is not None else None,
         tls=parts.scheme == "rediss",
-        db=db,
+        db=int(db_text),
+        tls_verify=cert_reqs != "none",
+        tls_ca_file=query.get("ssl_ca_certs") or None,
     )
 
 
 # ---------------------------------------------------------------------------------------------
-# Label selectors (Kubernetes syntax, checked here so the API server never sees a bad one)
+# Probe and version URLs (the pod template's annotations, read by the reporter)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """How the reporter checks its app, or where it reads the served version: `scheme` http,
+    https or tcp; `path` (with its query) for HTTP only."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str = "/"
+
+    def __str__(self) -> str:
+        if self.scheme == "tcp":
+            return f"tcp://{_host_port(self.host, self.port)}"
+        return f"{self.scheme}://{_host_port(self.host, self.port)}{self.path}"
+
+
+PROBE_HINT = "an http(s):// URL, tcp://HOST:PORT, tcp:PORT or a port"
+
+
+def parse_probe(text: str | None) -> Probe | None:
+    """A probe, as this module's docstring describes; None when empty. Raises ValueError."""
+    value = (text or "").strip()
+    if not value:
+        return None
+    if value.isdigit() or (value.startswith("tcp:") and not value.startswith("tcp://")):
+        return Probe("tcp", "127.0.0.1", parse_port(value.removeprefix("tcp:")))
+    return _parse_url(value, ("http", "https", "tcp"), PROBE_HINT)
+
+
+def parse_version_url(text: str | None) -> Probe | None:
+    """An `http://` or `https://` URL whose answer is the served version; None when empty."""
+    value = (text or "").strip()
+    if not value:
+        return None
+    return _parse_url(value, ("http", "https"), "an http:// or https:// URL")
+
+
+def _parse_url(value: str, schemes: tuple[str, ...], hint: str) -> Probe:
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"{value!r} is not a valid URL ({error})") from None
+    if parts.scheme not in schemes:
+        raise ValueError(f"expected {hint}; got {value!r}")
+    if not parts.hostname:
+        raise ValueError(f"no host in {value!r}")
+    host = parse_host(parts.hostname)
+    if parts.scheme == "tcp":
+        if port is None:
+            raise ValueError(f"a tcp probe needs a port: {value!r}")
+        if parts.path not in ("", "/"):
+            raise ValueError(f"a tcp probe takes no path: {value!r}")
+        return Probe("tcp", host, _url_port(port, 0))
+    path = parts.path or "/"
+    if parts.query:
+        path += f"?{parts.query}"
+    return Probe(parts.scheme, host, _url_port(port, 443 if parts.scheme == "https" else 80), path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Cloudflare zone ids
+
+_ZONE_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def parse_zone_id(text: str) -> str:
+    """A Cloudflare zone id: 32 hex characters, returned lower-cased. Raises ValueError."""
+    zone = text.strip().lower()
+    if not _ZONE_ID.match(zone):
+        raise ValueError("is not a Cloudflare zone id (32 hex characters)")
+    return zone
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes names, label keys and values, label selectors (checked here so the API server
+# never sees a bad one)
 
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE_HINT = (
+    "1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+)
 
 
 def is_label_value(value: str) -> bool:
+    """A label value; the empty value is valid (use `value and is_label_value(value)`)."""
     return value == "" or (len(value) <= 63 and bool(_LABEL_NAME.match(value)))
 
 

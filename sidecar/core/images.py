@@ -1,4 +1,4 @@
-"""Container image references: parsing, normalization and DESIGN's "same image" rule.
+"""Container image references: parsing, normalization and the "same image" rule.
 
 The grammar is distribution/reference's (what Docker, containerd and the kubelet accept):
 
@@ -178,7 +178,7 @@ def _as_ref(image: str | ImageRef) -> ImageRef:
 
 
 def same_image(a: str | ImageRef, b: str | ImageRef) -> bool:
-    """DESIGN's rule: same repository, and the same digest when both have one, else the same
+    """The "same image" rule: same repository, and the same digest when both have one, else the same
     tag (no tag means `latest`). Raises ImageRefError for an unparsable string."""
     left, right = _as_ref(a), _as_ref(b)
     if left.repository != right.repository:

@@ -33,10 +33,22 @@ class Phase(enum.Enum):
     COMPLETE = "complete"
 
 
+class Waiting(enum.Enum):
+    """What a WAITING rollout waits for: code reads this, never `Status.message`."""
+
+    SPEC_OBSERVED = "spec_observed"  # the controller has not seen the new spec yet
+    UPDATED_REPLICAS = "updated_replicas"
+    OLD_REPLICAS = "old_replicas"  # old replicas pending termination
+    AVAILABLE_REPLICAS = "available_replicas"
+    NEW_REPLICASET = "new_replicaset"  # sidecar mode: the new ReplicaSet is not in the cache
+    POD_REPORTS = "pod_reports"  # sidecar mode: not every new pod reports ready
+
+
 @dataclass(frozen=True)
 class Status:
     phase: Phase
-    message: str
+    message: str  # kubectl's wording, for people
+    waiting_for: Waiting | None = None  # set when `phase` is WAITING
 
     @property
     def complete(self) -> bool:
@@ -60,7 +72,11 @@ def rollout_status(deployment: Obj) -> Status:
     generation = int(_get(deployment, "metadata", "generation", default=0))
     observed = int(_get(deployment, "status", "observedGeneration", default=0))
     if generation > observed:
-        return Status(Phase.WAITING, "Waiting for deployment spec update to be observed...")
+        return Status(
+            Phase.WAITING,
+            "Waiting for deployment spec update to be observed...",
+            Waiting.SPEC_OBSERVED,
+        )
     for cond in _get(deployment, "status", "conditions", default=[]):
         if cond.get("type") == "Progressing" and cond.get("reason") == TIMED_OUT_REASON:
             return Status(Phase.STALLED, f'deployment "{name}" exceeded its progress deadline')
@@ -73,24 +89,27 @@ def rollout_status(deployment: Obj) -> Status:
             Phase.WAITING,
             f'Waiting for deployment "{name}" rollout to finish: {updated} out of '
             f"{int(spec_replicas)} new replicas have been updated...",
+            Waiting.UPDATED_REPLICAS,
         )
     if replicas > updated:
         return Status(
             Phase.WAITING,
             f'Waiting for deployment "{name}" rollout to finish: {replicas - updated} old '
             "replicas are pending termination...",
+            Waiting.OLD_REPLICAS,
         )
     if available < updated:
         return Status(
             Phase.WAITING,
             f'Waiting for deployment "{name}" rollout to finish: {available} of {updated} '
             "updated replicas are available...",
+            Waiting.AVAILABLE_REPLICAS,
         )
     return Status(Phase.COMPLETE, f'deployment "{name}" successfully rolled out')
 
 
 def container_image(template_spec: Obj, container: str | None) -> str | None:
-    """The watched container's image: the named one, else the first (seed 1)."""
+    """The watched container's image: the named one, else the first (as the Go worker took it)."""
     containers = _get(template_spec, "containers", default=[])
     if not containers:
         return None
@@ -168,7 +187,7 @@ def previous_image(
 
 @dataclass(frozen=True)
 class Report:
-    """A pod's report as the reporter writes it (see sidecar.reporter.loop)."""
+    """A pod's report as the reporter writes it (see sidecar.core.wire)."""
 
     pod: str
     template_hash: str
@@ -254,7 +273,11 @@ def observe(
     desired = int(_get(deployment, "spec", "replicas", default=1))
     if status.complete and reports is not None and desired > 0:
         if new_hash is None:
-            status = Status(Phase.WAITING, "waiting for the new ReplicaSet to be observed")
+            status = Status(
+                Phase.WAITING,
+                "waiting for the new ReplicaSet to be observed",
+                Waiting.NEW_REPLICASET,
+            )
         else:
             count = count_reports(new_hash, desired, image or "", reports)
             if not count.satisfied:
@@ -263,6 +286,7 @@ def observe(
                     Phase.WAITING,
                     f"waiting for pod reports: {count.ready} of {desired} new pods report "
                     f"ready{detail}",
+                    Waiting.POD_REPORTS,
                 )
     return Observation(
         image=image,

@@ -1,4 +1,5 @@
-"""Leader election through a `coordination.k8s.io/v1` Lease, as client-go does it.
+"""Leader election through a `coordination.k8s.io/v1` Lease, as client-go's `LeaderElector`
+does it (the Lease I/O is `sidecar.kube.lease`, as client-go's resourcelock).
 
 Only the leader acts. Expiry is judged on our own clock from when we last saw the record
 change (never by comparing our clock with the holder's timestamps), optimistic concurrency
@@ -14,19 +15,24 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import replace
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from sidecar.kube.reflector import read_json
+from sidecar.config import Settings
+from sidecar.kube.lease import LeaseLock, LeaseRecord, micro_time
 from sidecar.logs import get_logger
 
 log = get_logger("leader")
 
+_DEFAULTS = Settings()
+HTTP_CONFLICT = 409
 
-def micro_time(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+# Log event names (readers such as the demo's timeline key on them).
+LEADER_ACQUIRED = "leader.acquired"
+LEADER_LOST = "leader.lost"
+LEADER_RELEASED = "leader.released"
 
 
 class LeaderElector:
@@ -37,9 +43,9 @@ class LeaderElector:
         name: str,
         identity: str,
         *,
-        lease_duration: float = 15.0,
-        renew_deadline: float = 10.0,
-        retry_period: float = 2.0,
+        lease_duration: float = _DEFAULTS.lease_duration,
+        renew_deadline: float = _DEFAULTS.lease_renew_deadline,
+        retry_period: float = _DEFAULTS.lease_retry_period,
         on_started_leading: Callable[[], None] | None = None,
         on_stopped_leading: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -47,9 +53,8 @@ class LeaderElector:
     ) -> None:
         if not retry_period < renew_deadline < lease_duration:
             raise ValueError("need retry_period < renew_deadline < lease_duration")
-        self._api = coordination_api
         # Each call must end well inside the renew deadline, or renewal cannot be judged.
-        self._timeout = max(0.5, renew_deadline / 3)
+        self._lease = LeaseLock(coordination_api, namespace, name, max(0.5, renew_deadline / 3))
         self.namespace = namespace
         self.name = name
         self.identity = identity
@@ -60,7 +65,7 @@ class LeaderElector:
         self._on_stopped = on_stopped_leading
         self._clock = clock
         self._wall = wall_clock
-        self._observed: dict[str, Any] | None = None  # the lease spec we last saw
+        self._observed: LeaseRecord | None = None  # the lease record we last saw
         self._observed_at = 0.0  # our clock when that spec last changed
         self._renewed_at: float | None = None  # our clock at our last successful renewal
         self._leading = False
@@ -88,9 +93,7 @@ class LeaderElector:
             return max(0.0, self._renewed_at + self.renew_deadline - self._clock())
 
     def holder(self) -> str | None:
-        spec = self._observed or {}
-        value = spec.get("holderIdentity")
-        return str(value) if value else None
+        return self._observed.holder if self._observed else None
 
     # -- loop -------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -112,14 +115,14 @@ class LeaderElector:
     def _become_leader(self) -> None:
         with self._lock:
             self._leading = True
-        log.info("leader.acquired", lease=self.name, identity=self.identity)
+        log.info(LEADER_ACQUIRED, lease=self.name, identity=self.identity)
         if self._on_started:
             self._on_started()
 
     def _step_down(self, why: str) -> None:
         with self._lock:
             self._leading = False
-        log.warning("leader.lost", lease=self.name, identity=self.identity, reason=why)
+        log.warning(LEADER_LOST, lease=self.name, identity=self.identity, reason=why)
         if self._on_stopped:
             self._on_stopped()
 
@@ -129,112 +132,84 @@ class LeaderElector:
         with self._lock:
             self._leading = False
         try:
-            lease = self._read_lease()
-            spec = lease.get("spec") or {}
-            if spec.get("holderIdentity") != self.identity:
+            lease = self._lease.get()
+            if lease is None:
+                raise LookupError(f"Lease {self.namespace}/{self.name} not found")
+            record = LeaseRecord.from_spec(lease.get("spec") or {})
+            if record.holder != self.identity:
                 return
             now = micro_time(self._wall())
-            lease["spec"] = {
-                **spec,
-                "holderIdentity": None,
-                "leaseDurationSeconds": 1,
-                "renewTime": now,
-                "acquireTime": now,
-            }
-            read_json(
-                self._api.replace_namespaced_lease(
-                    self.name,
-                    self.namespace,
-                    lease,
-                    _preload_content=False,
-                    _request_timeout=self._timeout,
-                )
+            self._lease.update(
+                lease, replace(record, holder=None, duration=1, renew_time=now, acquire_time=now)
             )
-            log.info("leader.released", lease=self.name, identity=self.identity)
+            log.info(LEADER_RELEASED, lease=self.name, identity=self.identity)
         except Exception as exc:  # the lease then simply expires
             log.warning("leader.release_failed", lease=self.name, error=str(exc)[:200])
         finally:
             if was_leading and self._on_stopped:
                 self._on_stopped()
 
-    def _lease_body(self, spec: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    def _ours(self, previous: LeaseRecord | None) -> LeaseRecord:
+        """The record we write to acquire or renew: a renewal keeps acquireTime and the
+        transitions, an acquisition sets acquireTime and counts a transition when it takes the
+        lease from another holder (a free lease taken is not one)."""
         now = micro_time(self._wall())
-        body = dict(spec)
-        body["holderIdentity"] = self.identity
         # Rounded up: the others must never see a shorter lease than the one we keep acting
         # on (round(2.5) == 2 would let a standby take over while we still lead).
-        body["leaseDurationSeconds"] = max(1, math.ceil(self.lease_duration))
-        body["renewTime"] = now
-        if not previous or previous.get("holderIdentity") != self.identity:
-            body["acquireTime"] = now
-            body["leaseTransitions"] = int((previous or {}).get("leaseTransitions") or 0) + (
-                1 if previous and previous.get("holderIdentity") else 0
-            )
-        return body
-
-    def _read_lease(self) -> dict[str, Any]:
-        lease: dict[str, Any] = read_json(
-            self._api.read_namespaced_lease(
-                self.name, self.namespace, _preload_content=False, _request_timeout=self._timeout
-            )
+        record = replace(
+            previous or LeaseRecord(),
+            holder=self.identity,
+            duration=max(1, math.ceil(self.lease_duration)),
+            renew_time=now,
         )
-        return lease
+        if previous is None or previous.holder != self.identity:
+            taken = 1 if previous is not None and previous.holder else 0
+            transitions = ((previous.transitions if previous else None) or 0) + taken
+            record = replace(record, acquire_time=now, transitions=transitions)
+        return record
 
     def _try_acquire_or_renew(self) -> bool:
+        """One round of campaigning or renewing (client-go's tryAcquireOrRenew); True when we
+        hold the lease afterwards."""
         try:
-            try:
-                lease = self._read_lease()
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                body: dict[str, Any] = {
-                    "apiVersion": "coordination.k8s.io/v1",
-                    "kind": "Lease",
-                    "metadata": {"name": self.name, "namespace": self.namespace},
-                    "spec": self._lease_body({}, None),
-                }
-                read_json(
-                    self._api.create_namespaced_lease(
-                        self.namespace, body, _preload_content=False, _request_timeout=self._timeout
-                    )
-                )
-                self._record(body["spec"], renewed=True)
+            # 1. obtain or create the ElectionRecord
+            lease = self._lease.get()
+            if lease is None:
+                self._record(self._lease.create(self._ours(None)))
                 return True
 
-            spec = lease.get("spec") or {}
-            if spec != self._observed:
+            # 2. Record obtained, check the Identity & Time. Expiry is judged on our clock,
+            #    from when we saw the record change.
+            record = LeaseRecord.from_spec(lease.get("spec") or {})
+            if record != self._observed:
                 with self._lock:
-                    self._observed = spec
+                    self._observed = record
                     self._observed_at = self._clock()
-            holder = spec.get("holderIdentity")
-            duration = float(spec.get("leaseDurationSeconds") or self.lease_duration)
-            if holder and holder != self.identity and self._clock() < self._observed_at + duration:
+            duration = float(record.duration or self.lease_duration)
+            others = record.holder is not None and record.holder != self.identity
+            if others and self._clock() < self._observed_at + duration:
                 return False  # somebody else holds an unexpired lease
-            lease["spec"] = self._lease_body(spec, spec)
-            read_json(
-                self._api.replace_namespaced_lease(
-                    self.name,
-                    self.namespace,
-                    lease,
-                    _preload_content=False,
-                    _request_timeout=self._timeout,
-                )
-            )
-            self._record(lease["spec"], renewed=True)
-            if holder and holder != self.identity:
+
+            # 3. We're going to try to update: a renewal keeps acquireTime and transitions,
+            #    an acquisition sets them (see _ours).
+            ours = self._ours(record)
+
+            # 4. Update the lock itself (409: somebody else wrote first, we lost this round).
+            self._record(self._lease.update(lease, ours))
+            if others:
                 self.transitions += 1
             return True
         except ApiException as exc:
-            if exc.status != 409:  # a conflict just means somebody else wrote first
+            if exc.status != HTTP_CONFLICT:  # a conflict just means somebody else wrote first
                 log.warning("leader.api_error", lease=self.name, status=exc.status)
             return False
         except Exception as exc:
             log.warning("leader.error", lease=self.name, error=f"{type(exc).__name__}: {exc}"[:200])
             return False
 
-    def _record(self, spec: dict[str, Any], *, renewed: bool) -> None:
+    def _record(self, spec: dict[str, Any]) -> None:
+        """We wrote `spec`: it is what we last saw, and our renewal time."""
         with self._lock:
-            self._observed = spec
+            self._observed = LeaseRecord.from_spec(spec)
             self._observed_at = self._clock()
-            if renewed:
-                self._renewed_at = self._clock()
+            self._renewed_at = self._clock()

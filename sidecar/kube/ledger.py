@@ -15,11 +15,14 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from sidecar.config import Settings
 from sidecar.core.records import AppRecord
 from sidecar.kube.reflector import read_json
 from sidecar.logs import get_logger
 
 log = get_logger("ledger")
+
+_DEFAULTS = Settings()
 
 CLUSTER_NAME_KEY = "cache-buster.io/cluster-name"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "cache-buster"}
@@ -34,7 +37,7 @@ class Ledger:
         self,
         core_api: Any,
         namespace: str,
-        name: str = "cache-buster-ledger",
+        name: str = _DEFAULTS.ledger_configmap,
         request_timeout: float = 10.0,
     ) -> None:
         self._api = core_api

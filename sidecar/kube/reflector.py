@@ -24,6 +24,8 @@ from sidecar.logs import get_logger
 
 ANNOTATION_PREFIX = "cache-buster.io/"
 HTTP_GONE = 410
+# Seconds a watch request asks the server to keep it open (jittered) before it is renewed.
+WATCH_TIMEOUT = 300
 
 Obj = dict[str, Any]
 EventHandler = Callable[[str, Obj], None]
@@ -53,7 +55,7 @@ def _conditions(status: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def trim_deployment(obj: Mapping[str, Any]) -> Obj:
-    """Only what rollout evaluation and configuration read (DESIGN: trimmed dicts)."""
+    """Only what rollout evaluation and configuration read (trimmed dicts keep the caches small)."""
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
     template = spec.get("template") or {}
@@ -156,7 +158,7 @@ class Reflector:
         trim: Callable[[Mapping[str, Any]], Obj],
         on_event: EventHandler,
         label_selector: str | None = None,
-        watch_timeout: int = 300,
+        watch_timeout: int = WATCH_TIMEOUT,
         request_timeout: float = 30.0,
     ) -> None:
         self.kind = kind

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 
@@ -26,6 +27,16 @@ class PurgeRequest:
     zone: str | None = None
 
 
+class PurgeStatus(StrEnum):
+    """How a requested purge ended (a str, so the ledger and metrics keep the plain value)."""
+
+    # The CDN reports the purge done.
+    COMPLETED = "completed"
+    # Requested, but not confirmed done before the deadline (the purge still happens at the
+    # CDN, it is not retried).
+    TIMEOUT = "timeout"
+
+
 @dataclass(frozen=True)
 class PurgeResult:
     provider: str
@@ -33,8 +44,7 @@ class PurgeResult:
     target: str
     # The CDN's id for the request (CloudFront invalidation id), when it has one.
     request_id: str
-    # "completed": the CDN reports the purge done; "timeout": requested, but not confirmed
-    # done before the deadline (the purge still happens at the CDN, it is not retried).
+    # A PurgeStatus when a provider made it; a plain str when read back from the ledger.
     status: str
     paths: tuple[str, ...]
     requested_at: float

@@ -1,22 +1,19 @@
-"""CloudFront: find the distribution(s) serving the app's domains, invalidate, wait.
+"""CloudFront: invalidate the distribution(s) serving the app's domains, wait for Completed.
 
 - Target: `request.distribution_id` when given (its existence is checked by CreateInvalidation
   itself, which answers NoSuchDistribution: no extra call and no cloudfront:GetDistribution
-  permission needed), else the distributions whose aliases match `request.domains`: an exact
-  alias first, then a wildcard alias (`*.example.com` covers `www.example.com`, not
-  `example.com` nor `a.b.example.com`). Several domains on several distributions: each is
-  invalidated; `PurgeResult.target` and `request_id` are comma-joined, in the same order.
-- Lookup: every page of ListDistributions, cached for `distribution_cache_ttl`, listed again
-  once on a miss (so a new distribution is found at once), one listing at a time for every
-  thread of the process.
+  permission needed), else the distributions whose aliases match `request.domains`
+  (`cloudfront_index.py`: alias matching and the shared distribution cache). Several domains
+  on several distributions: each is invalidated; `PurgeResult.target` and `request_id` are
+  comma-joined, in the same order.
 - Idempotency: `CallerReference` is `request.idempotency_key`; with several distributions each
   gets `<key>/<distribution id>`, so the emulator's per-reference count (and a human reading
   the console) never sees one reference on two distributions.
-- Retries: botocore's own are OFF (`total_max_attempts: 1`): this module owns one loop with
-  exponential backoff and full jitter, bounded by the caller's deadline, so two retry layers
-  never multiply and a throttled app never waits past its timeout. Throttling,
-  TooManyInvalidationsInProgress, 5xx and connection errors are retried; retrying a
-  CreateInvalidation is safe because of the CallerReference.
+- Retries: botocore's own are OFF (`total_max_attempts: 1`): this module owns the one loop,
+  paced by `sidecar.core.backoff.PROVIDER_THROTTLE` (equal jitter) and bounded by the caller's
+  deadline, so two retry layers never multiply and a throttled app never waits past its
+  timeout. Throttling, TooManyInvalidationsInProgress, 5xx and connection errors are retried;
+  retrying a CreateInvalidation is safe because of the CallerReference.
 - Credentials: boto3's default chain (env `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, IRSA,
   EKS Pod Identity, ...). Endpoint: the constructor or boto3's `AWS_ENDPOINT_URL_CLOUDFRONT`.
 - IAM: cloudfront:ListDistributions (unless every app sets `distribution-id`),
@@ -25,12 +22,10 @@
 
 from __future__ import annotations
 
-import functools
-import math
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -44,8 +39,15 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from sidecar.core.backoff import PROVIDER_THROTTLE, BackoffPolicy
 from sidecar.logs import EventLogger, get_logger
-from sidecar.providers.base import PurgeError, PurgeRequest, PurgeResult
+from sidecar.providers.base import PurgeError, PurgeRequest, PurgeResult, PurgeStatus
+from sidecar.providers.cloudfront_index import (
+    Aliases,
+    DistributionCache,
+    list_distributions,
+    normalize_host,
+)
 
 if TYPE_CHECKING:
     import boto3
@@ -77,120 +79,20 @@ RETRYABLE_CODES = frozenset(
 )
 # 403s that are about the credential's age, not its permissions (IRSA tokens rotate).
 _EXPIRED_CODES = frozenset({"ExpiredToken", "ExpiredTokenException", "RequestExpired"})
+# What a GetInvalidation poll tolerates (a credential error propagates, as it always has) and
+# what the retrying call maps to a PurgeError.
+_POLL_ERRORS = (ClientError, HTTPClientError, BotoConnectionError)
+_CREDENTIAL_ERRORS = (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)
+_CALL_ERRORS = (*_POLL_ERRORS, *_CREDENTIAL_ERRORS)
+# An invalidation's Status on the wire: "InProgress" until this.
+_COMPLETED = "Completed"
 
 log = get_logger(NAME)
-
-
-# -- alias matching (pure) --------------------------------------------------------------------
-
-
-def normalize_host(name: str) -> str:
-    return name.strip().lower().rstrip(".")
-
-
-class AliasIndex:
-    """Aliases of every distribution, indexed for exact and wildcard lookups."""
-
-    def __init__(self, aliases_by_id: Mapping[str, Sequence[str]]) -> None:
-        self.aliases_by_id = {k: tuple(v) for k, v in aliases_by_id.items()}
-        index: dict[str, list[str]] = {}
-        for dist_id in sorted(aliases_by_id):
-            for alias in aliases_by_id[dist_id]:
-                ids = index.setdefault(normalize_host(alias), [])
-                if dist_id not in ids:
-                    ids.append(dist_id)
-        self._index = index
-
-    def __len__(self) -> int:
-        return len(self.aliases_by_id)
-
-    def match(self, domain: str) -> str | None:
-        host = normalize_host(domain)
-        if not host:
-            return None
-        exact = self._index.get(host)
-        if exact:
-            # CloudFront refuses one alias on two distributions; lowest id keeps it determinate.
-            return exact[0]
-        label, dot, parent = host.partition(".")
-        # A wildcard alias covers exactly one label: *.example.com has www.example.com, but not
-        # example.com (no label) nor a.b.example.com (two labels).
-        if not dot or not label or not parent or label == "*":
-            return None
-        wildcard = self._index.get(f"*.{parent}")
-        return wildcard[0] if wildcard else None
-
-
-def match_distribution(aliases_by_id: Mapping[str, Sequence[str]], domain: str) -> str | None:
-    """The id of the distribution serving `domain`: exact alias first, then a wildcard alias."""
-    return AliasIndex(aliases_by_id).match(domain)
 
 
 def caller_reference(idempotency_key: str, distribution_id: str, *, several: bool) -> str:
     """The CallerReference for one distribution of one rollout (stable across retries)."""
     return f"{idempotency_key}/{distribution_id}" if several else idempotency_key
-
-
-# -- distribution cache -----------------------------------------------------------------------
-
-
-class _DistributionCache:
-    """The last ListDistributions, shared by every purge of the process. At most one listing
-    runs at a time; a thread that waited for someone else's listing uses its result."""
-
-    def __init__(self, ttl: float, miss_refresh_interval: float, clock: Callable[[], float]):
-        self.ttl = ttl
-        self.miss_refresh_interval = miss_refresh_interval
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._refresh_lock = threading.Lock()
-        self._index: AliasIndex | None = None
-        self._fetched_at = -math.inf
-        self._generation = 0
-
-    def snapshot(self) -> tuple[AliasIndex | None, int, bool]:
-        """(index, generation, fresh)."""
-        with self._lock:
-            fresh = self._clock() - self._fetched_at < self.ttl
-            return self._index, self._generation, fresh and self._index is not None
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._fetched_at = -math.inf
-
-    def refresh(
-        self,
-        fetch: Callable[[], dict[str, tuple[str, ...]]],
-        *,
-        seen_generation: int,
-        min_age: float,
-        wait: float,
-    ) -> tuple[AliasIndex, int, bool]:
-        """List again unless someone did since `seen_generation` or the data is younger than
-        `min_age`. Returns (index, generation, listed_now)."""
-        if not self._refresh_lock.acquire(timeout=max(wait, 0.0)):
-            raise PurgeError(
-                "LookupBusy",
-                "another purge is still listing CloudFront distributions",
-                retryable=True,
-            )
-        try:
-            with self._lock:
-                index = self._index
-                if index is not None and (
-                    self._generation != seen_generation
-                    or self._clock() - self._fetched_at < min_age
-                ):
-                    return index, self._generation, False
-            aliases = fetch()
-            index = AliasIndex(aliases)
-            with self._lock:
-                self._index = index
-                self._fetched_at = self._clock()
-                self._generation += 1
-                return index, self._generation, True
-        finally:
-            self._refresh_lock.release()
 
 
 # -- the provider -----------------------------------------------------------------------------
@@ -219,8 +121,8 @@ class CloudFrontProvider:
         session: boto3.session.Session | None = None,
         page_size: int | None = None,
         miss_refresh_interval: float = 1.0,
-        backoff_base: float = 1.0,
-        backoff_cap: float = 60.0,
+        backoff_base: float = PROVIDER_THROTTLE.base,
+        backoff_cap: float = PROVIDER_THROTTLE.cap,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
         clock_skew: float = 1.0,
@@ -241,16 +143,14 @@ class CloudFrontProvider:
         self._read_timeout = read_timeout
         self.poll_interval = poll_interval
         self.page_size = page_size
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
+        # The throttling pace: PROVIDER_THROTTLE unless a test or the simulation speeds it up.
+        self.backoff = BackoffPolicy(base=backoff_base, cap=backoff_cap)
         self.clock_skew = clock_skew
         self._clock = clock
         self._rng = rng or random.Random()
-        self._cache = _DistributionCache(distribution_cache_ttl, miss_refresh_interval, clock)
+        self._cache = DistributionCache(distribution_cache_ttl, miss_refresh_interval, clock)
         self._client_lock = threading.Lock()
         self._client: CloudFrontClient | None = None
-
-    # -- client -------------------------------------------------------------------------
 
     def client(self) -> CloudFrontClient:
         """The shared client (botocore clients are thread-safe; sessions are not, hence the
@@ -284,8 +184,6 @@ class CloudFrontProvider:
             )
         except ValueError as err:  # e.g. a malformed endpoint URL
             raise PurgeError("InvalidConfiguration", str(err), retryable=False) from None
-
-    # -- purge --------------------------------------------------------------------------
 
     def purge(
         self, request: PurgeRequest, *, timeout: float, stop: threading.Event | None = None
@@ -350,8 +248,6 @@ class CloudFrontProvider:
             extra=extra,
         )
 
-    # -- lookup -------------------------------------------------------------------------
-
     def _targets(
         self,
         client: CloudFrontClient,
@@ -370,88 +266,15 @@ class CloudFrontProvider:
                 retryable=False,
             )
 
-        def fetch() -> dict[str, tuple[str, ...]]:
-            return self._list_distributions(client, deadline, stop, plog)
+        def call(operation: str, fn: Callable[[], _T]) -> _T:
+            return self._call(operation, None, fn, deadline, stop, plog)
 
-        index, generation, fresh = self._cache.snapshot()
-        listed = False
-        if not fresh:
-            try:
-                index, generation, listed = self._cache.refresh(
-                    fetch,
-                    seen_generation=generation,
-                    min_age=self._cache.ttl,
-                    wait=deadline - self._clock(),
-                )
-            except PurgeError as err:
-                if index is None or not err.retryable:
-                    raise
-                # A stale list beats none while CloudFront throttles us.
-                plog.warning("cloudfront.lookup.stale", code=err.code, error=err.message)
-        assert index is not None
-        matches = {d: index.match(d) for d in domains}
-        if not listed and any(m is None for m in matches.values()):
-            # A miss may be a distribution created since the last listing: list once more.
-            index, generation, listed = self._cache.refresh(
-                fetch,
-                seen_generation=generation,
-                min_age=self._cache.miss_refresh_interval,
-                wait=deadline - self._clock(),
-            )
-            matches = {d: index.match(d) for d in domains}
-        unmatched = [d for d, m in matches.items() if m is None]
-        targets = sorted({m for m in matches.values() if m is not None})
-        if not targets:
-            raise PurgeError(
-                "NoDistributionForDomain",
-                f"no CloudFront distribution has an alias (exact or wildcard) for "
-                f"{', '.join(domains)} among {len(index)} distributions; set the "
-                "cache-buster.io/distribution-id annotation or add the alias",
-                retryable=False,
-            )
-        if unmatched:
-            plog.warning("cloudfront.lookup.unmatched", domains=",".join(unmatched))
-        plog.info(
-            "cloudfront.lookup",
-            distribution=",".join(targets),
-            domains=",".join(domains),
-            listed=listed,
+        def fetch() -> Aliases:
+            return list_distributions(client, call, page_size=self.page_size, plog=plog)
+
+        return self._cache.resolve(
+            domains, fetch, remaining=lambda: deadline - self._clock(), plog=plog
         )
-        return targets, unmatched
-
-    def _list_distributions(
-        self, client: CloudFrontClient, deadline: float, stop: threading.Event, plog: EventLogger
-    ) -> dict[str, tuple[str, ...]]:
-        aliases: dict[str, tuple[str, ...]] = {}
-        marker = ""
-        seen_markers: set[str] = set()
-        pages = 0
-        while True:
-            kwargs: dict[str, Any] = {}
-            if marker:
-                kwargs["Marker"] = marker
-            if self.page_size:
-                kwargs["MaxItems"] = str(self.page_size)
-            response = self._call(
-                "ListDistributions",
-                None,
-                functools.partial(client.list_distributions, **kwargs),
-                deadline,
-                stop,
-                plog,
-            )
-            pages += 1
-            page = response["DistributionList"]
-            for item in page.get("Items", []):
-                aliases[item["Id"]] = tuple(item.get("Aliases", {}).get("Items", []))
-            marker = page.get("NextMarker", "") if page.get("IsTruncated") else ""
-            if not marker or marker in seen_markers:  # a repeated marker would loop forever
-                break
-            seen_markers.add(marker)
-        plog.info("cloudfront.distributions.listed", distributions=len(aliases), pages=pages)
-        return aliases
-
-    # -- invalidation -------------------------------------------------------------------
 
     def _create(
         self,
@@ -496,8 +319,8 @@ class CloudFrontProvider:
         deadline: float,
         stop: threading.Event,
         plog: EventLogger,
-    ) -> tuple[str, dict[str, str]]:
-        pending = {r.distribution_id: r for r in requested if r.status != "Completed"}
+    ) -> tuple[PurgeStatus, dict[str, str]]:
+        pending = {r.distribution_id: r for r in requested if r.status != _COMPLETED}
         while pending:
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -506,17 +329,17 @@ class CloudFrontProvider:
                     distribution=",".join(pending),
                     invalidation_id=",".join(r.invalidation_id for r in pending.values()),
                 )
-                return "timeout", {"reason": "deadline"}
+                return PurgeStatus.TIMEOUT, {"reason": "deadline"}
             if stop.wait(min(self.poll_interval, remaining)):
                 plog.info("cloudfront.invalidation.stopped", distribution=",".join(pending))
-                return "timeout", {"reason": "stopped"}
+                return PurgeStatus.TIMEOUT, {"reason": "stopped"}
             for dist_id, req in list(pending.items()):
                 try:
                     response = client.get_invalidation(
                         DistributionId=dist_id, Id=req.invalidation_id
                     )
-                except ClientError as err:
-                    failure = self._error(err, "GetInvalidation", dist_id)
+                except _POLL_ERRORS as err:
+                    failure = failure_of(err, "GetInvalidation", dist_id)
                     if failure.retryable:
                         plog.warning(
                             "cloudfront.poll.retry", distribution=dist_id, code=failure.code
@@ -531,22 +354,15 @@ class CloudFrontProvider:
                         code=failure.code,
                         error=failure.message,
                     )
-                    return "timeout", {"reason": "error", "error": str(failure)}
-                except (HTTPClientError, BotoConnectionError) as err:
-                    plog.warning(
-                        "cloudfront.poll.retry", distribution=dist_id, code=type(err).__name__
-                    )
-                    continue
-                if response["Invalidation"]["Status"] == "Completed":
+                    return PurgeStatus.TIMEOUT, {"reason": "error", "error": str(failure)}
+                if response["Invalidation"]["Status"] == _COMPLETED:
                     del pending[dist_id]
                     plog.info(
                         "cloudfront.invalidation.completed",
                         distribution=dist_id,
                         invalidation_id=req.invalidation_id,
                     )
-        return "completed", {}
-
-    # -- calls, errors, backoff ---------------------------------------------------------
+        return PurgeStatus.COMPLETED, {}
 
     def _call(
         self,
@@ -561,23 +377,12 @@ class CloudFrontProvider:
         while True:
             try:
                 return fn()
-            except ClientError as err:
-                failure = self._error(err, operation, dist_id)
-            except (NoCredentialsError, PartialCredentialsError) as err:
-                raise PurgeError(
-                    "NoCredentials",
-                    f"{type(err).__name__}: no usable AWS credentials; set AWS_ACCESS_KEY_ID and "
-                    "AWS_SECRET_ACCESS_KEY, or use IRSA / EKS Pod Identity",
-                    retryable=False,
-                ) from None
-            except CredentialRetrievalError as err:  # e.g. STS unreachable for IRSA
-                failure = PurgeError("CredentialRetrieval", str(err), retryable=True)
-            except (HTTPClientError, BotoConnectionError) as err:
-                failure = PurgeError("ConnectionError", str(err), retryable=True)
+            except _CALL_ERRORS as err:
+                failure = failure_of(err, operation, dist_id)
             if not failure.retryable:
                 raise failure
-            delay = self._rng.uniform(0, min(self.backoff_cap, self.backoff_base * 2**attempt))
             attempt += 1
+            delay = self.backoff.delay(attempt, self._rng)
             if self._clock() + delay >= deadline:
                 raise PurgeError(
                     failure.code,
@@ -596,40 +401,51 @@ class CloudFrontProvider:
             if stop.wait(delay):
                 raise PurgeError("Stopped", f"stopped while retrying {operation}", retryable=True)
 
-    @staticmethod
-    def _error(err: ClientError, operation: str, dist_id: str | None) -> PurgeError:
-        error = err.response.get("Error", {})
-        code = str(error.get("Code", "") or "")
-        message = str(error.get("Message", "") or "")
-        http = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        where = f" on distribution {dist_id}" if dist_id else ""
-        if code in RETRYABLE_CODES or http >= 500:
-            return PurgeError(
-                code or f"HTTP{http}", f"{operation}{where}: {message}", retryable=True
-            )
-        if code in _EXPIRED_CODES:
-            return PurgeError(code, f"{operation}: credentials expired: {message}", retryable=True)
-        if http == 403 or code == "AccessDenied":
-            return PurgeError(
-                "AccessDenied",
-                f"CloudFront refused {operation}{where} ({code}: {message}); grant "
-                f"cloudfront:{operation} to the aggregator's AWS identity (cache-buster needs "
-                f"{', '.join(PERMISSIONS)})",
-                retryable=False,
-            )
-        if code == "NoSuchDistribution":
-            return PurgeError(
-                "NoSuchDistribution",
-                f"distribution {dist_id} does not exist (check the distribution-id annotation)",
-                retryable=False,
-            )
-        if code == "InvalidationBatchAlreadyExists" or (
-            code == "InvalidArgument" and "caller reference" in message.lower()
-        ):
-            return PurgeError(
-                "CallerReferenceReused",
-                f"CallerReference already used{where} with other paths ({code}): the same "
-                "rollout was purged before with a different path list; not retried",
-                retryable=False,
-            )
-        return PurgeError(code or f"HTTP{http}", f"{operation}{where}: {message}", retryable=False)
+
+def failure_of(err: Exception, operation: str, dist_id: str | None) -> PurgeError:
+    """The one mapping of a botocore error to a PurgeError: what it means, and whether the
+    same request may succeed later (`retryable`)."""
+    if isinstance(err, NoCredentialsError | PartialCredentialsError):
+        return PurgeError(
+            "NoCredentials",
+            f"{type(err).__name__}: no usable AWS credentials; set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY, or use IRSA / EKS Pod Identity",
+            retryable=False,
+        )
+    if isinstance(err, CredentialRetrievalError):  # e.g. STS unreachable for IRSA
+        return PurgeError("CredentialRetrieval", str(err), retryable=True)
+    if not isinstance(err, ClientError):  # connection errors
+        return PurgeError("ConnectionError", str(err), retryable=True)
+    error = err.response.get("Error", {})
+    code = str(error.get("Code", "") or "")
+    message = str(error.get("Message", "") or "")
+    http = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    where = f" on distribution {dist_id}" if dist_id else ""
+    if code in RETRYABLE_CODES or http >= 500:
+        return PurgeError(code or f"HTTP{http}", f"{operation}{where}: {message}", retryable=True)
+    if code in _EXPIRED_CODES:
+        return PurgeError(code, f"{operation}: credentials expired: {message}", retryable=True)
+    if http == 403 or code == "AccessDenied":
+        return PurgeError(
+            "AccessDenied",
+            f"CloudFront refused {operation}{where} ({code}: {message}); grant "
+            f"cloudfront:{operation} to the aggregator's AWS identity (cache-buster needs "
+            f"{', '.join(PERMISSIONS)})",
+            retryable=False,
+        )
+    if code == "NoSuchDistribution":
+        return PurgeError(
+            "NoSuchDistribution",
+            f"distribution {dist_id} does not exist (check the distribution-id annotation)",
+            retryable=False,
+        )
+    if code == "InvalidationBatchAlreadyExists" or (
+        code == "InvalidArgument" and "caller reference" in message.lower()
+    ):
+        return PurgeError(
+            "CallerReferenceReused",
+            f"CallerReference already used{where} with other paths ({code}): the same "
+            "rollout was purged before with a different path list; not retried",
+            retryable=False,
+        )
+    return PurgeError(code or f"HTTP{http}", f"{operation}{where}: {message}", retryable=False)

@@ -3,7 +3,8 @@
 redis-py 8 imports asyncio (about 30 MiB RSS, 20 MiB anonymous memory), more than the
 reporter's whole budget, and the reporter needs six commands. This client speaks RESP2 to one
 server: AUTH (ACL user or legacy password), SELECT, then any command, pipelined when asked.
-`ssl` is imported only for `rediss://`. Not thread-safe: one client per thread.
+`ssl` is imported only for `rediss://`. Not thread-safe: one client per thread. The server and
+its options are a `sidecar.core.grammar.RedisEndpoint`, the aggregator's type too.
 """
 
 from __future__ import annotations
@@ -11,19 +12,17 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
-from urllib.parse import parse_qs, unquote, urlsplit
+
+from sidecar.core.grammar import RedisEndpoint
 
 if TYPE_CHECKING:
     import ssl
 
 __all__ = [
-    "RedisAddress",
     "RespClient",
     "RespConnectionError",
     "RespError",
-    "parse_redis_url",
 ]
 
 Arg: TypeAlias = str | bytes | int | float
@@ -46,58 +45,6 @@ class RespError(Exception):
 
 class RespConnectionError(ConnectionError):
     """Could not connect, the connection broke, timed out, or the reply was not RESP."""
-
-
-@dataclass(frozen=True)
-class RedisAddress:
-    host: str
-    port: int = 6379
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    db: int = 0
-    tls: bool = False
-    tls_verify: bool = True
-    tls_ca_file: str | None = None
-
-    def describe(self) -> str:
-        """For logs: scheme, user, host, port and db; never the password."""
-        scheme = "rediss" if self.tls else "redis"
-        user = f"{self.username}@" if self.username else ""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{user}{host}:{self.port}/{self.db}"
-
-
-def parse_redis_url(url: str) -> RedisAddress:
-    """`redis://[[user]:password@]host[:port][/db]`, `rediss://` for TLS.
-
-    Query options (redis-py's names): `ssl_cert_reqs=none|required`, `ssl_ca_certs=<file>`,
-    `db=<n>`. Raises ValueError with a message that never contains the password."""
-    try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError as error:
-        raise ValueError(f"not a valid URL ({error})") from None
-    if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"scheme must be redis:// or rediss://, got {parts.scheme or 'none'!r}")
-    if not parts.hostname:
-        raise ValueError("no host")
-    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
-    db_text = parts.path.lstrip("/") or query.get("db", "0")
-    if not db_text.isdigit():
-        raise ValueError(f"database must be a number, got {db_text!r}")
-    cert_reqs = query.get("ssl_cert_reqs", "required").lower()
-    if cert_reqs not in ("none", "optional", "required"):
-        raise ValueError(f"ssl_cert_reqs must be none, optional or required, got {cert_reqs!r}")
-    return RedisAddress(
-        host=parts.hostname,
-        port=port if port is not None else 6379,
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password is not None else None,
-        db=int(db_text),
-        tls=parts.scheme == "rediss",
-        tls_verify=cert_reqs != "none",
-        tls_ca_file=query.get("ssl_ca_certs"),
-    )
 
 
 def _encode(args: Sequence[Arg]) -> bytes:
@@ -124,7 +71,7 @@ class RespClient:
 
     def __init__(
         self,
-        address: RedisAddress,
+        address: RedisEndpoint,
         *,
         timeout: float = 2.0,
         connect_timeout: float | None = None,

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from sidecar.logs import get_logger
 from sidecar.sim.cloudfront import TEST_ACCESS_KEY_ID, TEST_SECRET_ACCESS_KEY, CloudFrontEmulator
-from sidecar.sim.kubeapi import KubeEmulator
+from sidecar.sim.kube import KubeEmulator
 
 log = get_logger("sim.cli")
 

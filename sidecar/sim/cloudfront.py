@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
 
-from sidecar.logs import get_logger
+from sidecar.sim.simlog import get_logger
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -70,7 +70,7 @@ _PREFIX = f"/{API_VERSION}/distribution"
 _T = TypeVar("_T")
 _session_lock = threading.Lock()
 _shared_session: boto3.session.Session | None = None
-log = get_logger("sim.cloudfront")
+log = get_logger("cloudfront")
 
 
 def _random_id(prefix: str, alphabet: str = _ALNUM_UPPER, length: int = 13) -> str:

@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from sidecar import logs
+from sidecar.aggregator.events import LogEvent
+from sidecar.core.decision import Verdict
+from sidecar.core.records import Outcome, WebhookState
+from sidecar.kube.leader import LEADER_ACQUIRED, LEADER_LOST
 
 if TYPE_CHECKING:
     from sidecar.sim.world import World
@@ -100,7 +104,7 @@ class Timeline(logging.Handler):
         self._open = True
         self._rollouts: set[str] = set()
         self._requested: set[str] = set()  # rollouts whose purge request was shown
-        self._last_status: dict[str, tuple[str, str]] = {}  # deployment -> (image, reason)
+        self._last_status: dict[str, tuple[str, str]] = {}  # deployment -> (image, verdict)
         self._images: dict[str, tuple[str, str]] = {}  # deployment -> (from, to) last set
         self._ellipsis_ok = _can_encode(out, "…")
 
@@ -148,13 +152,13 @@ class Timeline(logging.Handler):
     def _render(self, event: str, f: dict[str, Any]) -> tuple[str, str, str] | None:
         app = f"{NAMESPACE}/{f.get('deployment') or f.get('app') or '?'}"
         rollout = _short(f.get("rollout") or f.get("rollout_id"))
-        if event == "aggregator.starting":
+        if event == LogEvent.STARTING:
             return "start", str(f.get("identity")), f"aggregator started ({f.get('mode')} mode)"
-        if event == "leader.acquired":
+        if event == LEADER_ACQUIRED:
             return "leader", str(f.get("identity")), f"acquired Lease {f.get('lease')}: leads"
-        if event == "leader.lost":
+        if event == LEADER_LOST:
             return "leader", str(f.get("identity")), f"lost the Lease ({f.get('reason')})"
-        if event == "app.evaluated":
+        if event == LogEvent.APP_EVALUATED:
             rid = f.get("rollout")
             if rid and rid not in self._rollouts:
                 self._rollouts.add(str(rid))
@@ -163,16 +167,16 @@ class Timeline(logging.Handler):
                     return "rollout", app, f"{old} -> {new} (rollout {_short(rid)})"
                 return "rollout", app, f"{f.get('image')} (rollout {_short(rid)})"
             return self._status(app, f)
-        if event == "rollout.failed":
+        if event == LogEvent.ROLLOUT_FAILED:
             return "failed", app, f"{f.get('image')} {f.get('reason')} (rollout {rollout})"
-        if event == "rollout.slow":
+        if event == LogEvent.ROLLOUT_SLOW:
             return (
                 "slow",
                 app,
                 f"{f.get('image')} not complete after {f.get('seconds')}s "
                 f"(reported, not final): {f.get('waiting_for')}",
             )
-        if event == "purge.requested":
+        if event == LogEvent.PURGE_REQUESTED:
             self._requested.add(str(f.get("rollout")))
             domains = ",".join(f.get("domains") or [])
             paths = ",".join(f.get("paths") or [])
@@ -192,10 +196,11 @@ class Timeline(logging.Handler):
                 str(f.get("distribution")),
                 f"invalidation {f.get('invalidation_id')} Completed",
             )
-        if event == "purge.done":
+        if event == LogEvent.PURGE_DONE:
             return "purge", app, f"done: {f.get('status')} after {f.get('seconds')}s"
-        if event in ("purge.failed", "purge.retry"):
-            return "purge", app, f"{event.split('.')[1]}: {f.get('error')}: {f.get('message')}"
+        if event in (LogEvent.PURGE_FAILED, LogEvent.PURGE_RETRY):
+            verb = "failed" if event == LogEvent.PURGE_FAILED else "retry"
+            return "purge", app, f"{verb}: {f.get('error')}: {f.get('message')}"
         if event == "webhook.sent":
             return (
                 "webhook",
@@ -213,14 +218,15 @@ class Timeline(logging.Handler):
 
     def _status(self, app: str, f: dict[str, Any]) -> tuple[str, str, str] | None:
         deployment, image, reason = str(f.get("deployment")), str(f.get("image")), f.get("reason")
+        verdict = f.get("verdict")
         previous = self._last_status.get(deployment)
-        self._last_status[deployment] = (image, str(reason))
+        self._last_status[deployment] = (image, str(verdict))
         # The evaluator logs every change of its reason; two are not news on a timeline: the
         # settled image still settled (a baseline, then "settled" before the new ReplicaSet
         # exists), and the leader re-evaluating while its own purge is in flight.
-        if reason == "settled" and previous is not None and previous[0] == image:
+        if verdict == Verdict.SETTLED and previous is not None and previous[0] == image:
             return None
-        if str(reason).startswith("resuming") and str(f.get("rollout")) in self._requested:
+        if verdict == Verdict.RESUMING and str(f.get("rollout")) in self._requested:
             return None
         return "status", app, f"{image}: {reason}"
 
@@ -280,7 +286,7 @@ class Demo:
         dist = w.cloudfront.add_distribution([DOMAIN])
         self.timeline.note("setup", "cloudfront", f"distribution {dist} with alias {DOMAIN}")
         hooks = w.webhooks_config([APP], parameters={"text": "web purged"})
-        self.timeline.note("setup", "webhooks", f"seed-1 style file: hook {APP!r} -> receiver")
+        self.timeline.note("setup", "webhooks", f"Go worker style file: hook {APP!r} -> receiver")
         if self.mode == "sidecar":
             w.start_sidecars()
             self.timeline.note(
@@ -408,8 +414,8 @@ class Demo:
         detail = settled.get("detail") or {}
         return bool(
             settled.get("image") == image
-            and settled.get("outcome") == "purged"
-            and detail.get("webhooks") == "delivered"
+            and settled.get("outcome") == Outcome.PURGED
+            and detail.get("webhooks") == WebhookState.DELIVERED
         )
 
     # -- the verdict --------------------------------------------------------------------------

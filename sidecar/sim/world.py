@@ -12,15 +12,20 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from sidecar.aggregator.facade import Aggregator, AggregatorOptions
+from sidecar.aggregator.facade import Aggregator
+from sidecar.aggregator.options import AggregatorOptions
+from sidecar.core.grammar import RedisEndpoint as RedisAddress
+from sidecar.core.grammar import parse_redis_url
 from sidecar.logs import get_logger
 from sidecar.providers.cloudfront import CloudFrontProvider
-from sidecar.reporter.loop import PROBE_RETRY_INTERVAL, Observation, Reporter, ReporterConfig
-from sidecar.reporter.resp import RedisAddress, RespClient, parse_redis_url
+from sidecar.reporter.config import ReporterConfig
+from sidecar.reporter.loop import PROBE_RETRY_INTERVAL, Observation, Reporter
+from sidecar.reporter.resp import RespClient
 from sidecar.sim.cloudfront import CloudFrontEmulator
-from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
+from sidecar.sim.kube import KubeEmulator, deployment_manifest
 from sidecar.sim.webhook_receiver import WebhookReceiver
-from sidecar.webhooks.sender import WebhookSender, parse_webhooks
+from sidecar.webhooks.config import parse_webhooks
+from sidecar.webhooks.sender import WebhookSender
 
 log = get_logger("sim.world")
 
@@ -211,7 +216,7 @@ class World:
 
     # -- cache-buster -----------------------------------------------------------------------
     def webhooks_config(self, names: list[str], **hook: Any) -> str:
-        """A seed-1-style webhooks file pointing every named hook at the receiver."""
+        """A webhooks file in the Go worker's format pointing every named hook at the receiver."""
         return json.dumps(
             {
                 "webhooks": [

@@ -27,13 +27,14 @@ from typing import Any
 
 import pytest
 
-from sidecar.aggregator.facade import Aggregator, AggregatorOptions
+from sidecar.aggregator.facade import Aggregator
+from sidecar.aggregator.options import AggregatorOptions
 from sidecar.core.images import same_image
 from sidecar.core.records import BASELINE, PURGED, PURGING, idempotency_key
 from sidecar.core.rollout import rollout_status
 from sidecar.providers.cloudfront import CloudFrontProvider
 from sidecar.sim.cloudfront import TEST_SECRET_ACCESS_KEY
-from sidecar.sim.kube_store import Event
+from sidecar.sim.kube.watch import Event
 from sidecar.sim.redis_servers import RedisServer
 from sidecar.sim.world import World
 

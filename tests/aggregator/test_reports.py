@@ -1,12 +1,10 @@
 """`sidecar.aggregator.reports.ReportCache` against a real redis-server, fed by the real
-reporter write path (`sidecar.reporter.loop.Reporter`): resync on subscribe, publish ->
-on_change, `fresh()`
-dropping expired and deleted records, and recovery after a Redis restart or a dropped
-subscriber connection."""
+reporter write path (`sidecar.reporter.loop.Reporter`, the `sidecar.core.wire` format): resync
+on subscribe, publish -> on_change, `fresh()` dropping expired and deleted records, and
+recovery after a Redis restart or a dropped subscriber connection."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,9 +14,11 @@ import pytest
 import redis
 
 from sidecar.aggregator.reports import ReportCache
-from sidecar.core.wire import report_channel, report_key
-from sidecar.reporter.loop import Observation, Reporter, ReporterConfig
-from sidecar.reporter.resp import RespError, parse_redis_url
+from sidecar.core.grammar import parse_redis_url
+from sidecar.core.wire import encode_report, report_channel, report_key
+from sidecar.reporter.config import ReporterConfig
+from sidecar.reporter.loop import Observation, Reporter
+from sidecar.reporter.resp import RespError
 from sidecar.sim.redis_servers import RedisServer
 
 NS = "shop"
@@ -205,7 +205,7 @@ def test_a_client_that_reconnects_by_itself_still_triggers_a_resync(
         # A record whose notification never reaches the cache (written, publish lost)...
         reporter = pods.reporter("web-f-1", "fff")
         record = reporter.record(Observation(probe_ok=True))
-        admin.set(report_key(NS, "web-f-1"), json.dumps(record), ex=30)
+        admin.set(report_key(NS, "web-f-1"), encode_report(record), ex=30)
         assert pods_of(cache, "fff") == set()
         # ...then the subscriber's connection drops.
         assert admin.client_kill_filter(_type="pubsub") >= 1
@@ -264,3 +264,26 @@ def test_fresh_leaves_out_reports_whose_heartbeat_is_stale(
     assert {r.pod for r in cache.fresh("h", stale_after=15.0)} == {"web-1"}
     live.client.close()
     hung.client.close()
+
+
+def test_the_aggregators_connection_honours_every_field_of_the_redis_url(
+    redis_server: RedisServer,
+) -> None:
+    """One URL grammar for `report` and `aggregate`: the database and the TLS options of
+    REDIS_URL reach redis-py as they reach the reporter's client."""
+    from sidecar.aggregator.wiring import redis_client
+
+    url = f"redis://{redis_server.host}:{redis_server.port}?db=3"
+    client = redis_client(parse_redis_url(url))
+    try:
+        client.set("k", "v")
+        with redis_server.client(db=3) as admin:
+            assert admin.get("k") == "v"
+    finally:
+        client.close()
+    tls = redis_client(parse_redis_url("rediss://h:6380/1?ssl_cert_reqs=none&ssl_ca_certs=/ca.pem"))
+    kwargs = tls.connection_pool.connection_kwargs
+    assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("h", 6380, 1)
+    assert kwargs["ssl_cert_reqs"] == "none" and kwargs["ssl_check_hostname"] is False
+    assert kwargs["ssl_ca_certs"] == "/ca.pem"
+    assert tls.connection_pool.connection_class.__name__ == "SSLConnection"

@@ -68,7 +68,7 @@ def test_happy_rollout_purges_once_after_the_last_pod_and_calls_the_webhook_once
     assert world.receiver.wait_for(lambda hooks: len(hooks) == 1)
     assert stays(lambda: invalidations(world) == 1 and len(world.receiver.received) == 1, 1.0)
     hook = world.receiver.received[0]
-    assert hook.path == "/web"  # seed 1: the hook named like the Deployment
+    assert hook.path == "/web"  # as the Go worker: the hook named like the Deployment
     assert hook.headers.get("Idempotency-Key")
     settled = world.ledger()["web"]["settled"]
     assert (settled["image"], settled["outcome"]) == ("shop/web:2", "purged")

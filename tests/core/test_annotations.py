@@ -14,8 +14,8 @@ from sidecar.core.annotations import (
     Probe,
     app_config,
     parse_probe,
-    watched_image,
 )
+from sidecar.core.rollout import container_image
 
 
 def deployment(
@@ -56,7 +56,7 @@ def error_for(annotations: dict[str, Any], **kw: Any) -> AnnotationError:
     return info.value
 
 
-def test_defaults_follow_seed1() -> None:
+def test_defaults_follow_the_go_worker() -> None:
     cfg = app_config(deployment())
     assert cfg == AppConfig(
         namespace="shop",
@@ -103,9 +103,7 @@ def test_every_annotation() -> None:
     assert (cfg.container, cfg.image) == ("proxy", "envoyproxy/envoy:v1.30")
     assert cfg.webhooks == ("slack", "audit")
     assert cfg.purge_on_rollback is True
-    assert cfg.probe == Probe(
-        kind="http", host="127.0.0.1", port=8080, url="http://127.0.0.1:8080/healthz"
-    )
+    assert cfg.probe == Probe("http", "127.0.0.1", 8080, "/healthz")
     assert cfg.version_url == "http://127.0.0.1:8080/version"
     assert cfg.unknown_annotations == ()
 
@@ -198,11 +196,11 @@ def test_bad_pod_template_annotations(annotation: str, value: str) -> None:
 @pytest.mark.parametrize(
     ("value", "probe"),
     [
-        ("8080", Probe(kind="tcp", host="127.0.0.1", port=8080)),
-        ("tcp:9000", Probe(kind="tcp", host="127.0.0.1", port=9000)),
-        ("tcp://localhost:9000", Probe(kind="tcp", host="localhost", port=9000)),
-        ("https://localhost/healthz", Probe("http", "localhost", 443, "https://localhost/healthz")),
-        ("http://[::1]:81/", Probe("http", "::1", 81, "http://[::1]:81/")),
+        ("8080", Probe("tcp", "127.0.0.1", 8080)),
+        ("tcp:9000", Probe("tcp", "127.0.0.1", 9000)),
+        ("tcp://localhost:9000", Probe("tcp", "localhost", 9000)),
+        ("https://localhost/healthz", Probe("https", "localhost", 443, "/healthz")),
+        ("http://[::1]:81/", Probe("http", "::1", 81, "/")),
     ],
 )
 def test_probe_forms(value: str, probe: Probe) -> None:
@@ -214,15 +212,18 @@ def test_no_containers() -> None:
     assert str(err) == "deployment shop/web: the pod template has no containers"
 
 
-def test_watched_image() -> None:
+def test_watched_container_image() -> None:
+    # The watched container: the annotation's (app_config), its image as rollout reads it.
     d = deployment()
-    assert watched_image(d) == "registry.example/web:2"
-    assert watched_image(d, "proxy") == "envoyproxy/envoy:v1.30"
+    spec = d["spec"]["template"]["spec"]
+    assert container_image(spec, app_config(d).container) == "registry.example/web:2"
+    assert container_image(spec, "proxy") == "envoyproxy/envoy:v1.30"
     d2 = deployment({"cache-buster.io/container": "proxy"})
-    assert watched_image(d2) == "envoyproxy/envoy:v1.30"
-    assert watched_image(d2, "app") == "registry.example/web:2"
+    assert container_image(spec, app_config(d2).container) == "envoyproxy/envoy:v1.30"
+    assert container_image(spec, "app") == "registry.example/web:2"
+    assert container_image(spec, "missing") is None
     with pytest.raises(AnnotationError, match="no container"):
-        watched_image(d, "missing")
+        app_config(deployment({"cache-buster.io/container": "missing"}))
 
 
 def test_app_config_does_not_mutate_its_input() -> None:

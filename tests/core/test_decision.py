@@ -1,4 +1,4 @@
-"""When do we purge: the decision table (DESIGN "Rollout semantics"), one row per case."""
+"""When do we purge: the decision table (docs/architecture.md, "Decision rules"), a row a case."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from sidecar.core.records import (
     PURGING,
     AppRecord,
     Intent,
+    PurgeDetail,
     Settled,
     rollout_id,
 )
@@ -156,7 +157,7 @@ def test_a_to_b_to_a_purges_twice_with_distinct_ids() -> None:
     rec = AppRecord(settled=A)
     to_b = run(rec, obs("shop/web:2"))
     assert to_b.purge is not None and to_b.record is not None
-    rec = after_purge(to_b.record, to_b.purge, 3.0, {})
+    rec = after_purge(to_b.record, to_b.purge, 3.0, PurgeDetail())
     back = run(rec, obs("shop/web:1"))
     assert back.purge is not None
     ids = {A.rollout_id, to_b.purge.rollout_id, back.purge.rollout_id}

@@ -1,4 +1,4 @@
-"""Image references: distribution/reference's grammar, Docker's normalization, DESIGN's rule."""
+"""Image references: distribution/reference's grammar, Docker's normalization, same image."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ VALID: list[tuple[str, str, str, str | None, str | None]] = [
     ("index.docker.io/nginx:latest", "docker.io", "library/nginx", "latest", None),
     ("index.docker.io/bitnami/redis", "docker.io", "bitnami/redis", None, None),
     ("bitnami/redis:7.2", "docker.io", "bitnami/redis", "7.2", None),
-    # Seed 1 split on ':' and broke here.
+    # The Go worker split on ':' and broke here.
     ("registry:5000/app:1.2", "registry:5000", "app", "1.2", None),
     ("registry:5000/app", "registry:5000", "app", None, None),
     ("localhost/app", "localhost", "app", None, None),

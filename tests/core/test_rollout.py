@@ -180,7 +180,7 @@ def test_previous_image_takes_the_highest_old_revision() -> None:
 def test_watched_container_by_name() -> None:
     dep = deployment()
     dep["spec"]["template"]["spec"]["containers"].insert(0, {"name": "proxy", "image": "envoy:1"})
-    assert observe(dep, []).image == "envoy:1"  # seed 1: the first container
+    assert observe(dep, []).image == "envoy:1"  # as the Go worker: the first container
     assert observe(dep, [], container="web").image == "registry:5000/shop/web:1.2"
     assert observe(dep, [], container="missing").image is None
 

@@ -35,7 +35,7 @@ import pytest
 from kubernetes.client import AppsV1Api
 
 from sidecar.core.rollout import Phase, Status, observe, rollout_status
-from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
+from sidecar.sim.kube import KubeEmulator, deployment_manifest
 from tests.core.test_rollout import STATUS_ROWS
 
 pytestmark = [

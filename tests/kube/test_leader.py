@@ -19,7 +19,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from sidecar.kube.leader import LeaderElector
-from sidecar.sim.kubeapi import KubeEmulator
+from sidecar.sim.kube import KubeEmulator
 
 NS = "default"
 LEASE = "cache-buster-leader"
@@ -226,7 +226,7 @@ def test_a_stale_write_gets_409_and_does_not_make_a_second_leader(
     assert spec["leaseTransitions"] == 4  # a free lease taken: not a transition between holders
 
 
-@pytest.mark.slow  # a couple of seconds by design
+@pytest.mark.slow  # a couple of seconds, on purpose
 def test_two_electors_hammering_one_lease_never_both_lead(
     coord: client.CoordinationV1Api, candidates: list[Candidate]
 ) -> None:

@@ -17,11 +17,12 @@ from sidecar.core.records import (
     AppRecord,
     Failure,
     Intent,
+    PurgeDetail,
     Settled,
     rollout_id,
 )
 from sidecar.kube.ledger import CLUSTER_NAME_KEY, MANAGED_BY, Ledger
-from sidecar.sim.kubeapi import KubeEmulator
+from sidecar.sim.kube import KubeEmulator
 
 NS = "default"
 NAME = "cache-buster-ledger"
@@ -179,7 +180,7 @@ def test_records_round_trip(core: client.CoreV1Api) -> None:
             rollout_id="r-prev",
             outcome=PURGED,
             at=1700000000.25,
-            detail={"distribution": "E123", "invalidation": "I9"},
+            detail=PurgeDetail.from_dict({"distribution": "E123", "invalidation": "I9"}),
         ),
         intent=Intent(
             image="nginx:1.28",

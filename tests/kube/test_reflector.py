@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 
 from sidecar.kube.reflector import Reflector, trim_deployment
-from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
+from sidecar.sim.kube import KubeEmulator, deployment_manifest
 
 NS = "default"
 ENABLED = "cache-buster.io/enabled"
@@ -217,7 +217,7 @@ def test_after_compaction_the_next_watch_gets_410_and_the_relist_emits_the_diffe
     rec.expect("ADDED", "after")
 
 
-@pytest.mark.slow  # a couple of seconds by design
+@pytest.mark.slow  # a couple of seconds, on purpose
 def test_steady_state_is_one_list_and_watches_only(
     kube: KubeEmulator, apps: client.AppsV1Api, reflectors: list[Reflector]
 ) -> None:
@@ -242,7 +242,7 @@ def test_steady_state_is_one_list_and_watches_only(
             == last["metadata"]["resourceVersion"]
         )
     )
-    assert len(list_requests(kube)) == 1  # DESIGN (API load): no periodic LIST
+    assert len(list_requests(kube)) == 1  # API load: no periodic LIST
     assert reflector.lists == 1 and gate.lists == 1
 
 

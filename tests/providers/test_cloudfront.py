@@ -11,11 +11,8 @@ from typing import Any
 import pytest
 
 from sidecar.providers.base import PurgeError, PurgeRequest
-from sidecar.providers.cloudfront import (
-    CloudFrontProvider,
-    caller_reference,
-    match_distribution,
-)
+from sidecar.providers.cloudfront import CloudFrontProvider, caller_reference
+from sidecar.providers.cloudfront_index import match_distribution
 from sidecar.sim.cloudfront import (
     TEST_ACCESS_KEY_ID,
     TEST_SECRET_ACCESS_KEY,

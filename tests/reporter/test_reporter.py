@@ -24,17 +24,11 @@ from typing import Any
 import pytest
 import redis
 
-from sidecar.reporter.loop import (
-    ConfigError,
-    Liveness,
-    Observation,
-    Probe,
-    Reporter,
-    ReporterConfig,
-    load_config,
-    parse_probe,
-)
-from sidecar.reporter.resp import RedisAddress, RespClient, RespError
+from sidecar.core.grammar import Probe, RedisEndpoint, parse_probe
+from sidecar.reporter.config import ConfigError, ReporterConfig, load_config
+from sidecar.reporter.health import Liveness
+from sidecar.reporter.loop import Observation, Reporter
+from sidecar.reporter.resp import RespClient, RespError
 from sidecar.sim.redis_servers import RedisServer, free_port
 from tests.redis_fixtures import RedisServersFactory
 
@@ -483,7 +477,7 @@ def test_wrong_password_is_logged_once_and_retried(
 def test_import_hygiene() -> None:
     heavy = ["typer", "kubernetes", "prometheus_client", "redis", "requests", "asyncio", "boto3"]
     code = (
-        "import sys, json, sidecar.reporter.loop, sidecar.entry; "
+        "import sys, json, sidecar.reporter.main, sidecar.entry; "
         f"print(json.dumps([m for m in {[*heavy, 'ssl']!r} if m in sys.modules]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -543,6 +537,7 @@ def test_idle_reporter_uses_no_cpu_and_stays_in_its_memory_budget(
         ("https://127.0.0.1:8443", Probe("https", "127.0.0.1", 8443, "/")),
         ("tcp://127.0.0.1:5432", Probe("tcp", "127.0.0.1", 5432)),
         ("tcp:8080", Probe("tcp", "127.0.0.1", 8080)),
+        ("8080", Probe("tcp", "127.0.0.1", 8080)),  # a bare port: TCP on 127.0.0.1
         ("http://[::1]:8080/h", Probe("http", "::1", 8080, "/h")),
     ],
 )
@@ -552,7 +547,7 @@ def test_parse_probe(text: str, expected: Probe | None) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["8080", "tcp:", "tcp:0", "tcp:99999", "tcp://host", "ftp://h/x", "http://", "http://h:x/"],
+    ["tcp:", "tcp:0", "tcp:99999", "tcp://host", "ftp://h/x", "http://", "http://h:x/"],
 )
 def test_parse_probe_rejects(text: str) -> None:
     with pytest.raises(ValueError):
@@ -571,7 +566,7 @@ def test_load_config_names_every_bad_setting() -> None:
     }
 
 
-def test_load_config_seed_1_redis_settings_and_credentials() -> None:
+def test_load_config_go_worker_redis_settings_and_credentials() -> None:
     env = {
         "POD_NAME": "p",
         "POD_NAMESPACE": "n",
@@ -581,17 +576,19 @@ def test_load_config_seed_1_redis_settings_and_credentials() -> None:
         "REPORT_INTERVAL": "2.5",
     }
     config = load_config(env)
-    assert config.redis == RedisAddress("redis-master", 6379, username="reporter", password="pw")
+    assert config.redis == RedisEndpoint("redis-master", 6379, username="reporter", password="pw")
     assert (config.interval, config.ttl, config.health_port) == (2.5, 8, 9901)
     url_wins = load_config({**env, "REDIS_URL": "rediss://u:x@r:6380/1"})
-    assert url_wins.redis == RedisAddress("r", 6380, username="u", password="x", db=1, tls=True)
+    assert url_wins.redis == RedisEndpoint("r", 6380, username="u", password="x", db=1, tls=True)
     with pytest.raises(ConfigError, match="REDIS_PASSWORD"):
         load_config({**env, "REDIS_PASSWORD": ""})
     assert load_config({**env, "HEALTH_PORT": "0"}).health_port == 0
 
 
 def _config(server: RedisServer, **kw: Any) -> ReporterConfig:
-    return ReporterConfig(pod=POD, namespace=NS, redis=RedisAddress(server.host, server.port), **kw)
+    return ReporterConfig(
+        pod=POD, namespace=NS, redis=RedisEndpoint(server.host, server.port), **kw
+    )
 
 
 def test_write_path_publishes_only_on_change(redis_server: RedisServer) -> None:
@@ -611,7 +608,7 @@ def test_write_path_publishes_only_on_change(redis_server: RedisServer) -> None:
 
 def test_many_reporters_share_one_client(redis_server: RedisServer) -> None:
     # The load benchmarks' shape: thousands of simulated pods over one connection.
-    client = RespClient(RedisAddress(redis_server.host, redis_server.port))
+    client = RespClient(RedisEndpoint(redis_server.host, redis_server.port))
     reporters = [
         Reporter(
             ReporterConfig(pod=f"web-{i}", namespace=NS, redis=client.address, template_hash="h"),
@@ -629,7 +626,7 @@ def test_many_reporters_share_one_client(redis_server: RedisServer) -> None:
 
 def test_write_errors_surface(redis_servers: RedisServersFactory) -> None:
     (server,) = redis_servers(1, acl_lines=["reporter on >pw ~other:* -@all +set"])
-    address = RedisAddress(server.host, server.port, username="reporter", password="pw")
+    address = RedisEndpoint(server.host, server.port, username="reporter", password="pw")
     reporter = Reporter(ReporterConfig(pod=POD, namespace=NS, redis=address))
     with pytest.raises(RespError, match="NOPERM"):
         reporter.report_once()

@@ -11,13 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.reporter.resp import (
-    RedisAddress,
-    RespClient,
-    RespConnectionError,
-    RespError,
-    parse_redis_url,
-)
+from sidecar.core.grammar import RedisEndpoint, parse_redis_url
+from sidecar.reporter.resp import RespClient, RespConnectionError, RespError
 from sidecar.sim.redis_servers import RedisServer, free_port
 from tests.redis_fixtures import RedisServersFactory
 
@@ -29,26 +24,26 @@ REPORTER_ACL = (
 )
 
 
-def _address(server: RedisServer, **kw: object) -> RedisAddress:
-    return RedisAddress(host=server.host, port=server.port, **kw)  # type: ignore[arg-type]
+def _address(server: RedisServer, **kw: object) -> RedisEndpoint:
+    return RedisEndpoint(host=server.host, port=server.port, **kw)  # type: ignore[arg-type]
 
 
-URLS: list[tuple[str, RedisAddress]] = [
-    ("redis://localhost", RedisAddress("localhost")),
-    ("redis://10.0.0.1:6380/2", RedisAddress("10.0.0.1", 6380, db=2)),
-    ("redis://:p%40ss@r:1", RedisAddress("r", 1, password="p@ss")),
-    ("redis://user:pw@r", RedisAddress("r", username="user", password="pw")),
-    ("rediss://r.example.com", RedisAddress("r.example.com", tls=True)),
+URLS: list[tuple[str, RedisEndpoint]] = [
+    ("redis://localhost", RedisEndpoint("localhost")),
+    ("redis://10.0.0.1:6380/2", RedisEndpoint("10.0.0.1", 6380, db=2)),
+    ("redis://:p%40ss@r:1", RedisEndpoint("r", 1, password="p@ss")),
+    ("redis://user:pw@r", RedisEndpoint("r", username="user", password="pw")),
+    ("rediss://r.example.com", RedisEndpoint("r.example.com", tls=True)),
     (
         "rediss://r:6380?ssl_cert_reqs=none&ssl_ca_certs=/ca.pem&db=3",
-        RedisAddress("r", 6380, db=3, tls=True, tls_verify=False, tls_ca_file="/ca.pem"),
+        RedisEndpoint("r", 6380, db=3, tls=True, tls_verify=False, tls_ca_file="/ca.pem"),
     ),
-    ("redis://[::1]:7000", RedisAddress("::1", 7000)),
+    ("redis://[::1]:7000", RedisEndpoint("::1", 7000)),
 ]
 
 
 @pytest.mark.parametrize(("url", "expected"), URLS)
-def test_parse_redis_url(url: str, expected: RedisAddress) -> None:
+def test_parse_redis_url(url: str, expected: RedisEndpoint) -> None:
     assert parse_redis_url(url) == expected
 
 
@@ -151,7 +146,7 @@ def test_restricted_reporter_acl(redis_servers: RedisServersFactory) -> None:
 
 
 def test_connection_refused_is_a_connection_error() -> None:
-    client = RespClient(RedisAddress("127.0.0.1", free_port()), timeout=1)
+    client = RespClient(RedisEndpoint("127.0.0.1", free_port()), timeout=1)
     with pytest.raises(RespConnectionError, match="connect"):
         client.ping()
     assert not client.connected
@@ -183,7 +178,7 @@ def silent_server() -> Iterator[int]:
 
 
 def test_timeout_is_a_connection_error(silent_server: int) -> None:
-    client = RespClient(RedisAddress("127.0.0.1", silent_server), timeout=0.2)
+    client = RespClient(RedisEndpoint("127.0.0.1", silent_server), timeout=0.2)
     with pytest.raises(RespConnectionError, match="timed out"):
         client.ping()
     assert not client.connected

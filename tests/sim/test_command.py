@@ -21,7 +21,7 @@ from botocore.config import Config
 
 from sidecar.sim.cli_sim import SimUsageError, describe, parse_distributions
 from sidecar.sim.cloudfront import CloudFrontEmulator
-from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
+from sidecar.sim.kube import KubeEmulator, deployment_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 

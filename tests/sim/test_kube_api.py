@@ -11,9 +11,9 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from sidecar.sim.kube_patch import PatchError, json_patch, merge_patch, strategic_merge_patch
-from sidecar.sim.kube_selectors import SelectorError, labels_match, parse_label_selector
-from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
+from sidecar.sim.kube import KubeEmulator, deployment_manifest
+from sidecar.sim.kube.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from sidecar.sim.kube.selectors import SelectorError, labels_match, parse_label_selector
 
 NS = "default"
 

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.sim.kube_controller import max_surge, max_unavailable, scaled_value
-from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
+from sidecar.sim.kube import KubeEmulator, deployment_manifest
+from sidecar.sim.kube.deployment_util import max_surge, max_unavailable, scaled_value
 
 NS = "default"
 REVISION = "deployment.kubernetes.io/revision"
@@ -81,7 +81,7 @@ def _set_image(kube: KubeEmulator, image: str, name: str = "web") -> None:
 
 
 def _complete(kube: KubeEmulator, name: str = "web") -> bool:
-    """kubectl rollout status's verdict (DESIGN.md): complete, nothing pending."""
+    """kubectl rollout status's verdict: complete, nothing pending."""
     d = _deploy(kube, name)
     s = d.get("status") or {}
     want = d["spec"]["replicas"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.sim.kubeapi import KubeEmulator, deployment_manifest
+from sidecar.sim.kube import KubeEmulator, deployment_manifest
 
 pytestmark = [
     pytest.mark.kubectl,

@@ -16,16 +16,9 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from sidecar import logs
-from sidecar.webhooks.sender import (
-    Delivery,
-    WebhookConfigError,
-    WebhookEvent,
-    WebhookSender,
-    form_encode,
-    idempotency_id,
-    load_webhooks,
-    parse_webhooks,
-)
+from sidecar.webhooks.config import WebhookConfigError, load_webhooks, parse_webhooks
+from sidecar.webhooks.events import WebhookEvent, idempotency_id
+from sidecar.webhooks.sender import Delivery, DeliveryOutcome, WebhookSender, form_encode
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +83,8 @@ def event(**kw: object) -> WebhookEvent:
     return WebhookEvent(**fields)  # type: ignore[arg-type]
 
 
-# Seed 1's example (nsresulta/cache-invalidator configs/webhooks.json), the URL aside.
-SEED1_EXAMPLE = """{
+# The Go worker's example (nsresulta/cache-invalidator configs/webhooks.json), the URL aside.
+GO_WORKER_EXAMPLE = """{
     "webhooks": [
         {
             "name": "podinfo",
@@ -104,9 +97,9 @@ SEED1_EXAMPLE = """{
 }"""
 
 
-def test_seed1_example_file_calls_podinfo_after_its_purge(server: HTTPServer) -> None:
+def test_go_worker_example_file_calls_podinfo_after_its_purge(server: HTTPServer) -> None:
     server.expect_request("/", method="POST").respond_with_data("ok")
-    cfg = parse_webhooks(SEED1_EXAMPLE % server.url_for("/"), source="webhooks.json")
+    cfg = parse_webhooks(GO_WORKER_EXAMPLE % server.url_for("/"), source="webhooks.json")
     sender = WebhookSender(cfg, sleep=FakeSleep())
     assert sender.send(event(app="web", deployment="web")) == []
     [d] = sender.send(event(app="podinfo", deployment="podinfo"))
@@ -114,8 +107,8 @@ def test_seed1_example_file_calls_podinfo_after_its_purge(server: HTTPServer) ->
     assert [r.get_data() for r, _ in server.log] == [b""]
 
 
-# Seed 1's format with headers and parameters; hooks are named like Deployments.
-SEED1 = """{
+# The Go worker's format with headers and parameters; hooks are named like Deployments.
+GO_WORKER = """{
     "webhooks": [
         {
             "name": "podinfo",
@@ -135,13 +128,13 @@ SEED1 = """{
 }"""
 
 
-def test_seed1_file_sends_form_encoded_parameters_to_the_deployments_hook_only(
+def test_go_worker_file_sends_form_encoded_parameters_to_the_deployments_hook_only(
     server: HTTPServer, captured_logs: io.StringIO
 ) -> None:
     server.expect_request("/podinfo", method="POST").respond_with_data("ok")
     server.expect_request("/web", method="POST").respond_with_data("ok")
     cfg = parse_webhooks(
-        SEED1 % {"podinfo": server.url_for("/podinfo"), "web": server.url_for("/web")}
+        GO_WORKER % {"podinfo": server.url_for("/podinfo"), "web": server.url_for("/web")}
     )
     assert cfg.scope == "group"
     sender = WebhookSender(cfg, sleep=FakeSleep())
@@ -168,19 +161,19 @@ def test_seed1_file_sends_form_encoded_parameters_to_the_deployments_hook_only(
     assert '"webhook.sent"' in captured_logs.getvalue()
 
 
-def test_seed1_hooks_fire_only_after_a_completed_purge(server: HTTPServer) -> None:
-    cfg = parse_webhooks(SEED1 % {"podinfo": server.url_for("/p"), "web": server.url_for("/w")})
+def test_go_worker_hooks_fire_only_after_a_completed_purge(server: HTTPServer) -> None:
+    cfg = parse_webhooks(GO_WORKER % {"podinfo": server.url_for("/p"), "web": server.url_for("/w")})
     sender = WebhookSender(cfg, sleep=FakeSleep())
     for name in ("timeout", "failed", "skipped"):
         assert sender.send(event(event=name, app="podinfo", deployment="podinfo")) == []
-    # An app without a hook of its name gets nothing (seed 1: "Webhook for x not found").
+    # An app without a hook of its name gets nothing (the Go worker: "Webhook for x not found").
     assert sender.send(event(app="shop", deployment="shop")) == []
     assert server.log == []
 
 
-def test_seed1_empty_parameters_send_an_empty_body(server: HTTPServer) -> None:
+def test_go_worker_empty_parameters_send_an_empty_body(server: HTTPServer) -> None:
     server.expect_request("/w", method="POST").respond_with_data("ok")
-    cfg = parse_webhooks(SEED1 % {"podinfo": server.url_for("/p"), "web": server.url_for("/w")})
+    cfg = parse_webhooks(GO_WORKER % {"podinfo": server.url_for("/p"), "web": server.url_for("/w")})
     [d] = WebhookSender(cfg, sleep=FakeSleep()).send(event())
     assert d.ok
     request = server.log[0][0]
@@ -241,7 +234,7 @@ def test_extended_json_body_is_signed_and_carries_the_event(server: HTTPServer) 
         "idempotency_id": ev.idempotency_id,
     }
     assert request.headers["Content-Type"] == "application/json"
-    # With a JSON body, seed 1's parameters travel in the query string.
+    # With a JSON body, the Go worker's parameters travel in the query string.
     assert request.args["source"] == "cache buster"
     assert request.headers["X-Api-Token"] == "tok-abc"
     ts = request.headers["X-Cache-Buster-Timestamp"]
@@ -286,7 +279,7 @@ def test_events_and_apps_select_hooks(server: HTTPServer) -> None:
     assert names(app="shop", deployment="shop", event="failed", extra_names=["opt-in"]) == ["audit"]
     # "none" turns every hook off for the app.
     assert names(app="web", deployment="web", event="failed", extra_names=["none"]) == []
-    # Seed 1's name match still applies in the extended format.
+    # The Go worker's name match still applies in the extended format.
     assert names(app="other-key", deployment="chat", event="failed") == ["audit", "chat"]
     assert cfg.unknown_names(["opt-in", "nope", "none"]) == ["nope"]
 
@@ -333,7 +326,8 @@ def test_gives_up_after_retries_and_reports_without_raising(
     sleep = FakeSleep()
     cfg = parse_webhooks(one_hook(server.url_for("/h"), retries=2))
     [d] = WebhookSender(cfg, sleep=sleep).send(event())
-    assert d == Delivery(hook="web", attempts=3, status=503, error="HTTP 503")
+    assert d == Delivery(hook="web", attempts=3, outcome=DeliveryOutcome.HTTP_ERROR, status=503)
+    assert d.error == "HTTP 503"
     assert not d.ok
     assert len(server.log) == 3
     # Exponential: each step's ceiling doubles.
@@ -349,7 +343,8 @@ def test_no_retry_on_400(server: HTTPServer) -> None:
     sleep = FakeSleep()
     cfg = parse_webhooks(one_hook(server.url_for("/h"), retries=5))
     [d] = WebhookSender(cfg, sleep=sleep).send(event())
-    assert d == Delivery(hook="web", attempts=1, status=400, error="HTTP 400")
+    assert d == Delivery(hook="web", attempts=1, outcome=DeliveryOutcome.HTTP_ERROR, status=400)
+    assert d.error == "HTTP 400"
     assert len(server.log) == 1
     assert sleep.calls == []
 
@@ -393,9 +388,10 @@ def test_timeout_is_respected_and_a_slow_hook_does_not_block_the_others(
     finally:
         release.set()
     assert deliveries == [
-        Delivery(hook="slow", attempts=1, error="timeout"),
+        Delivery(hook="slow", attempts=1, outcome=DeliveryOutcome.TIMEOUT),
         Delivery(hook="fast", attempts=1, status=200),
     ]
+    assert deliveries[0].error == "timeout"
 
 
 def test_connection_errors_are_retried_and_reported(captured_logs: io.StringIO) -> None:
@@ -409,7 +405,8 @@ def test_connection_errors_are_retried_and_reported(captured_logs: io.StringIO) 
     sleep = FakeSleep()
     cfg = parse_webhooks(one_hook(url, retries=1))
     [d] = WebhookSender(cfg, sleep=sleep).send(event())
-    assert d == Delivery(hook="web", attempts=2, error="connection error")
+    assert d == Delivery(hook="web", attempts=2, outcome=DeliveryOutcome.CONNECTION_ERROR)
+    assert d.error == "connection error"
     assert len(sleep.calls) == 1
     # The URL (Slack-style, token in the path) never reaches the log.
     assert "SECRETPATH" not in captured_logs.getvalue()
@@ -581,7 +578,7 @@ def test_header_value_with_newline_is_rejected_without_echoing_it() -> None:
 def test_method_is_case_insensitive_and_get_sends_parameters_in_the_body(
     server: HTTPServer,
 ) -> None:
-    # Seed 1 put the form body on every method, GET included.
+    # The Go worker put the form body on every method, GET included.
     server.expect_request("/h", method="GET").respond_with_data("ok")
     cfg = parse_webhooks(one_hook(server.url_for("/h"), method="get", parameters={"a": "1"}))
     [d] = WebhookSender(cfg, sleep=FakeSleep()).send(event())

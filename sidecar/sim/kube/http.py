@@ -15,129 +15,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from sidecar.logs import get_logger
-from sidecar.sim.kube_patch import PatchError, json_patch, merge_patch, strategic_merge_patch
-from sidecar.sim.kube_resources import GROUP_VERSIONS, RESOURCES, ResourceType, lookup
-from sidecar.sim.kube_selectors import SelectorError, parse_field_selector, parse_label_selector
-from sidecar.sim.kube_store import ApiError, Obj, Store
-from sidecar.sim.kube_table import to_table, wants_table
+from sidecar.sim.kube.discovery import discovery_doc
+from sidecar.sim.kube.errors import ApiError
+from sidecar.sim.kube.fields import parse_field_selector
+from sidecar.sim.kube.objects import Obj
+from sidecar.sim.kube.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from sidecar.sim.kube.resources import ResourceType, lookup
+from sidecar.sim.kube.selectors import SelectorError, parse_label_selector
+from sidecar.sim.kube.store import Store
+from sidecar.sim.kube.table import to_table, wants_table
+from sidecar.sim.simlog import get_logger
 
-log = get_logger("sim.kube.http")
-
-KUBE_VERSION = {
-    "major": "1",
-    "minor": "32",
-    "gitVersion": "v1.32.0-cache-buster-sim",
-    "gitCommit": "0000000000000000000000000000000000000000",
-    "gitTreeState": "clean",
-    "buildDate": "2024-12-11T00:00:00Z",
-    "goVersion": "go1.23.3",
-    "compiler": "gc",
-    "platform": "linux/amd64",
-}
-_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
-
-
-def _resource_list(group: str, version: str) -> Obj:
-    resources: list[Obj] = []
-    for rt in RESOURCES.values():
-        if rt.group != group or rt.version != version:
-            continue
-        entry: Obj = {
-            "name": rt.plural,
-            "singularName": rt.singular,
-            "namespaced": rt.namespaced,
-            "kind": rt.kind,
-            "verbs": _VERBS
-            if rt.plural != "namespaces"
-            else ["create", "delete", "get", "list", "patch", "update", "watch"],
-        }
-        if rt.short_names:
-            entry["shortNames"] = list(rt.short_names)
-        if rt.categories:
-            entry["categories"] = list(rt.categories)
-        resources.append(entry)
-        if rt.has_status:
-            resources.append(
-                {
-                    "name": f"{rt.plural}/status",
-                    "singularName": "",
-                    "namespaced": rt.namespaced,
-                    "kind": rt.kind,
-                    "verbs": ["get", "patch", "update"],
-                }
-            )
-        if rt.plural in ("deployments", "replicasets"):
-            resources.append(
-                {
-                    "name": f"{rt.plural}/scale",
-                    "singularName": "",
-                    "namespaced": True,
-                    "group": "autoscaling",
-                    "version": "v1",
-                    "kind": "Scale",
-                    "verbs": ["get", "patch", "update"],
-                }
-            )
-    return {
-        "kind": "APIResourceList",
-        "apiVersion": "v1",
-        "groupVersion": f"{group}/{version}" if group else version,
-        "resources": resources,
-    }
-
-
-def _api_group(group: str, version: str) -> Obj:
-    gv = {"groupVersion": f"{group}/{version}", "version": version}
-    return {"name": group, "versions": [gv], "preferredVersion": gv}
-
-
-def _openapi_v3_index() -> Obj:
-    paths = {"api/v1": {"serverRelativeURL": "/openapi/v3/api/v1?hash=sim"}}
-    for group, version in GROUP_VERSIONS:
-        paths[f"apis/{group}/{version}"] = {
-            "serverRelativeURL": f"/openapi/v3/apis/{group}/{version}?hash=sim"
-        }
-    return {"paths": paths}
-
-
-def _openapi_v3_doc(group: str, version: str) -> Obj:
-    """Enough OpenAPI v3 for kubectl to learn that PATCH supports `fieldValidation` (so it
-    leaves validation to the server, which rejects unknown top-level fields)."""
-    paths: Obj = {}
-    for rt in RESOURCES.values():
-        if rt.group != group or rt.version != version:
-            continue
-        gvk = {"group": group, "version": version, "kind": rt.kind}
-        prefix = f"/api/{version}" if not group else f"/apis/{group}/{version}"
-        scope = "/namespaces/{namespace}" if rt.namespaced else ""
-        op = {
-            "operationId": f"patch{rt.kind}",
-            "x-kubernetes-group-version-kind": gvk,
-            "x-kubernetes-action": "patch",
-            "parameters": [
-                {
-                    "name": "fieldValidation",
-                    "in": "query",
-                    "schema": {"type": "string"},
-                    "uniqueItems": True,
-                },
-                {
-                    "name": "dryRun",
-                    "in": "query",
-                    "schema": {"type": "string"},
-                    "uniqueItems": True,
-                },
-            ],
-            "responses": {"200": {"description": "OK"}},
-        }
-        paths[f"{prefix}{scope}/{rt.plural}/{{name}}"] = {"patch": op}
-    return {
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": KUBE_VERSION["gitVersion"]},
-        "paths": paths,
-        "components": {"schemas": {}},
-    }
+log = get_logger("kube.http")
 
 
 class Route:
@@ -282,7 +171,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _discovery(self, path: str) -> bool:
         path = path.rstrip("/") or "/"
-        doc: Any
         if path in ("/healthz", "/readyz", "/livez"):
             body = b"ok"
             self.send_response(200)
@@ -291,47 +179,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return True
-        if path == "/version":
-            doc = KUBE_VERSION
-        elif path == "/api":
-            host, port = self.server.server_address[:2]
-            host = host.decode() if isinstance(host, bytes) else host
-            doc = {
-                "kind": "APIVersions",
-                "versions": ["v1"],
-                "serverAddressByClientCIDRs": [
-                    {"clientCIDR": "0.0.0.0/0", "serverAddress": f"{host}:{port}"}
-                ],
-            }
-        elif path == "/apis":
-            doc = {
-                "kind": "APIGroupList",
-                "apiVersion": "v1",
-                "groups": [_api_group(g, v) for g, v in GROUP_VERSIONS],
-            }
-        elif path == "/api/v1":
-            doc = _resource_list("", "v1")
-        elif path == "/openapi/v3":
-            doc = _openapi_v3_index()
-        elif path.startswith("/openapi/v3/"):
-            parts = path.split("/")[3:]
-            if parts == ["api", "v1"]:
-                doc = _openapi_v3_doc("", "v1")
-            elif len(parts) == 3 and parts[0] == "apis" and (parts[1], parts[2]) in GROUP_VERSIONS:
-                doc = _openapi_v3_doc(parts[1], parts[2])
-            else:
-                return False
-        else:
-            parts = [p for p in path.split("/") if p]
-            if len(parts) == 2 and parts[0] == "apis":
-                match = [gv for gv in GROUP_VERSIONS if gv[0] == parts[1]]
-                if not match:
-                    return False
-                doc = {"kind": "APIGroup", "apiVersion": "v1", **_api_group(*match[0])}
-            elif len(parts) == 3 and parts[0] == "apis" and (parts[1], parts[2]) in GROUP_VERSIONS:
-                doc = _resource_list(parts[1], parts[2])
-            else:
-                return False
+        doc = discovery_doc(path, self.server.server_address)
+        if doc is None:
+            return False
         self._send_json(200, doc)
         return True
 
@@ -539,7 +389,7 @@ class _Handler(BaseHTTPRequestHandler):
                 parse_field_selector(query.get("fieldSelector")),
             )
         except SelectorError as exc:
-            raise ApiError(400, "BadRequest", f"unable to parse requirement: {exc}") from exc
+            raise ApiError(400, "BadRequest", str(exc)) from exc
 
     def _list(self, route: Route, query: dict[str, str]) -> None:
         rt = route.rt

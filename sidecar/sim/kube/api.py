@@ -21,17 +21,20 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from sidecar.logs import get_logger
-from sidecar.sim.kube_controller import KubeController, _controller_uid, _pod_active, _pod_ready
-from sidecar.sim.kube_http import KubeHTTPServer
-from sidecar.sim.kube_patch import clone, merge_patch
-from sidecar.sim.kube_selectors import parse_label_selector
-from sidecar.sim.kube_store import ApiError, Obj, Store
+from sidecar.sim.kube.controller import KubeController
+from sidecar.sim.kube.errors import ApiError
+from sidecar.sim.kube.http import KubeHTTPServer
+from sidecar.sim.kube.kubelet import NEVER_READY
+from sidecar.sim.kube.objects import Obj, controller_uid, pod_active, pod_ready
+from sidecar.sim.kube.patch import clone, merge_patch
+from sidecar.sim.kube.selectors import parse_label_selector
+from sidecar.sim.kube.store import Store
+from sidecar.sim.simlog import get_logger
 
 if TYPE_CHECKING:
     import kubernetes.client
 
-log = get_logger("sim.kube")
+log = get_logger("kube")
 
 __all__ = ["ApiError", "KubeEmulator", "deployment_manifest"]
 
@@ -60,7 +63,7 @@ def deployment_manifest(
     selector = {"app": name}
     tmpl_ann = dict(template_annotations or {})
     if never_ready:
-        tmpl_ann["sim.cache-buster.io/never-ready"] = "true"
+        tmpl_ann[NEVER_READY] = "true"
     pod_spec: Obj = {"containers": [{"name": container or name, "image": image}]}
     if termination_grace_period_seconds is not None:
         pod_spec["terminationGracePeriodSeconds"] = termination_grace_period_seconds
@@ -236,7 +239,7 @@ class KubeEmulator:
 
     # ------------------------------------------------------------ pods
 
-    def set_pod_ready(self, namespace: str, pod: str, ready: bool = True) -> None:
+    def setpod_ready(self, namespace: str, pod: str, ready: bool = True) -> None:
         with self.store.lock:
             obj = self.store.peek("pods", namespace, pod)
             if obj is None:
@@ -248,10 +251,8 @@ class KubeEmulator:
         if d is None:
             return None
         uid = d["metadata"]["uid"]
-        rs_list = [
-            r for r in self.store.dependents(uid, "replicasets") if _controller_uid(r) == uid
-        ]
-        found = self.controller._find_new_rs(d, rs_list)
+        rs_list = [r for r in self.store.dependents(uid, "replicasets") if controller_uid(r) == uid]
+        found = self.controller.find_new_rs(d, rs_list)
         if found is None and rs_list:
             found = max(
                 rs_list,
@@ -276,7 +277,7 @@ class KubeEmulator:
                 (
                     p
                     for p in self.store.dependents(rs["metadata"]["uid"], "pods")
-                    if _pod_active(p) and not _pod_ready(p) and not self.controller.never_ready(p)
+                    if pod_active(p) and not pod_ready(p) and not self.controller.never_ready(p)
                 ),
                 key=lambda p: (
                     p["metadata"].get("creationTimestamp", ""),

@@ -8,209 +8,21 @@ history can share references with the store and readers get clones at the bounda
 from __future__ import annotations
 
 import builtins
-import json
-import secrets
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any
 
-from sidecar.sim.kube_patch import clone
-from sidecar.sim.kube_resources import RESOURCES, ResourceType, apply_defaults
-from sidecar.sim.kube_selectors import (
-    Requirement,
-    SelectorError,
-    field_selector_name,
-    fields_match,
-    labels_match,
-    selector_from_label_selector,
-)
-
-Obj = dict[str, Any]
-T = TypeVar("T")
-# The alphabet apimachinery's rand.String uses for generateName suffixes and pod names.
-NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-
-
-def now_iso(wall: float | None = None) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if wall is None else wall))
-
-
-def drop_nulls(value: T) -> T:
-    """A copy without null map values: decoding into Go structs turns null into the zero
-    value, which the server then omits (kubectl sends `creationTimestamp: null`)."""
-    if isinstance(value, dict):
-        return cast(T, {k: drop_nulls(v) for k, v in value.items() if v is not None})
-    if isinstance(value, list):
-        return cast(T, [drop_nulls(v) for v in value])
-    return value
-
-
-def random_suffix(n: int = 5) -> str:
-    return "".join(secrets.choice(NAME_ALPHABET) for _ in range(n))
-
-
-class ApiError(Exception):
-    """An API failure; `status()` is the `Status` object the server sends."""
-
-    def __init__(
-        self, code: int, reason: str, message: str, details: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-        self.details = details
-
-    def status(self) -> Obj:
-        doc: Obj = {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        }
-        if self.details:
-            doc["details"] = self.details
-        return doc
-
-
-def not_found(rt: ResourceType, name: str) -> ApiError:
-    return ApiError(
-        404,
-        "NotFound",
-        f'{rt.qualified} "{name}" not found',
-        {"name": name, "group": rt.group, "kind": rt.plural},
-    )
-
-
-def conflict(rt: ResourceType, name: str) -> ApiError:
-    return ApiError(
-        409,
-        "Conflict",
-        f'Operation cannot be fulfilled on {rt.qualified} "{name}": the object has been '
-        "modified; please apply your changes to the latest version and try again",
-        {"name": name, "group": rt.group, "kind": rt.plural},
-    )
-
-
-def invalid(rt: ResourceType, name: str, causes: list[tuple[str, str]]) -> ApiError:
-    text = ", ".join(f"{f}: {m}" for f, m in causes)
-    return ApiError(
-        422,
-        "Invalid",
-        f'{rt.kind}.{rt.group or "core"} "{name}" is invalid: {text}'.replace(".core", ""),
-        {
-            "name": name,
-            "group": rt.group,
-            "kind": rt.kind,
-            "causes": [
-                {"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes
-            ],
-        },
-    )
-
-
-def expired(from_rv: int, oldest: int) -> ApiError:
-    return ApiError(410, "Expired", f"too old resource version: {from_rv} ({oldest})")
-
-
-@dataclass
-class Event:
-    type: str  # ADDED, MODIFIED, DELETED
-    resource: str
-    namespace: str
-    rv: int
-    obj: Obj
-    prev: Obj | None
-    _encoded: dict[str, bytes] = field(default_factory=dict)
-
-    def encoded(self, etype: str) -> bytes:
-        """The JSON line a watcher sends; cached since many watchers send the same event."""
-        line = self._encoded.get(etype)
-        if line is None:
-            line = json.dumps({"type": etype, "object": self.obj}, separators=(",", ":")).encode()
-            self._encoded[etype] = line + b"\n"
-            line = self._encoded[etype]
-        return line
-
-
-class Watcher:
-    """One watch stream's queue. Bounded: a watcher that falls behind is closed, as the real
-    server closes slow watchers, and the client re-lists or re-watches."""
-
-    def __init__(
-        self,
-        rt: ResourceType,
-        namespace: str | None,
-        labels: list[Requirement],
-        fields: list[tuple[str, bool, str]],
-        maxsize: int,
-    ) -> None:
-        self.rt = rt
-        self.namespace = namespace
-        self.labels = labels
-        self.fields = fields
-        self.maxsize = maxsize
-        self.cond = threading.Condition()
-        self.items: deque[bytes] = deque()
-        self.closed = False
-        self.overflowed = False
-
-    def _matches(self, obj: Obj | None) -> bool:
-        if obj is None:
-            return False
-        meta = obj.get("metadata", {})
-        return labels_match(self.labels, meta.get("labels")) and fields_match(self.fields, obj)
-
-    def line_for(self, ev: Event) -> bytes | None:
-        """The line this watcher sends for `ev`: an object that starts or stops matching the
-        selector arrives as ADDED or DELETED, as the server's watch cache does."""
-        if self.namespace is not None and ev.namespace != self.namespace:
-            return None
-        now = self._matches(ev.obj)
-        before = ev.type == "MODIFIED" and self._matches(ev.prev)
-        if ev.type == "MODIFIED":
-            if now and before:
-                return ev.encoded("MODIFIED")
-            if now:
-                return ev.encoded("ADDED")
-            if before:
-                return ev.encoded("DELETED")
-            return None
-        return ev.encoded(ev.type) if now else None
-
-    def push(self, line: bytes) -> None:
-        with self.cond:
-            if self.closed:
-                return
-            if len(self.items) >= self.maxsize:
-                self.overflowed = True
-                self.closed = True
-            else:
-                self.items.append(line)
-            self.cond.notify()
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify()
-
-    def next_batch(self, timeout: float) -> list[bytes]:
-        with self.cond:
-            if not self.items and not self.closed:
-                self.cond.wait(timeout)
-            batch = list(self.items)
-            self.items.clear()
-            return batch
-
-
-Listener = Callable[[Event], None]
+from sidecar.sim.kube.errors import ApiError, conflict, expired, invalid, not_found
+from sidecar.sim.kube.fields import FieldRequirement, field_selector_name, fields_match
+from sidecar.sim.kube.objects import Obj, drop_nulls, now_iso, random_suffix
+from sidecar.sim.kube.patch import clone
+from sidecar.sim.kube.resources import RESOURCES, ResourceType, apply_defaults
+from sidecar.sim.kube.selectors import Requirement, labels_match
+from sidecar.sim.kube.validation import validate
+from sidecar.sim.kube.watch import Event, Listener, Watcher
 
 
 class Store:
@@ -365,7 +177,7 @@ class Store:
         resource: str,
         ns: str | None,
         labels: builtins.list[Requirement] | None = None,
-        fields: builtins.list[tuple[str, bool, str]] | None = None,
+        fields: builtins.list[FieldRequirement] | None = None,
     ) -> tuple[builtins.list[Obj], int]:
         rt = RESOURCES[resource]
         fields = fields or []
@@ -654,7 +466,7 @@ class Store:
         resource: str,
         ns: str | None,
         labels: builtins.list[Requirement],
-        fields: builtins.list[tuple[str, bool, str]],
+        fields: builtins.list[FieldRequirement],
         from_rv: str | None,
     ) -> tuple[Watcher, builtins.list[bytes]]:
         """Register a watcher; returns it with the lines to send first (the replay, or the
@@ -721,53 +533,3 @@ def _same_ignoring_rv(a: Obj, b: Obj) -> bool:
         elif v != b[k]:
             return False
     return True
-
-
-def validate(rt: ResourceType, obj: Obj, old: Obj | None) -> None:
-    """The validation rules the emulated controllers rely on; the rest is not modelled."""
-    name = str(obj.get("metadata", {}).get("name", ""))
-    if rt.plural not in ("deployments", "replicasets"):
-        return
-    spec = obj.get("spec")
-    if not isinstance(spec, dict):
-        raise invalid(rt, name, [("spec", "Required value")])
-    causes: list[tuple[str, str]] = []
-    selector = spec.get("selector")
-    template = spec.get("template") or {}
-    tlabels = (template.get("metadata") or {}).get("labels") or {}
-    try:
-        reqs = selector_from_label_selector(selector)
-    except SelectorError as exc:
-        raise invalid(rt, name, [("spec.selector", str(exc))]) from exc
-    if not reqs:
-        causes.append(("spec.selector", "Required value"))
-    elif not labels_match(reqs, tlabels):
-        causes.append(
-            (
-                "spec.template.metadata.labels",
-                f"Invalid value: {json.dumps(tlabels, separators=(',', ':'))}: `selector` does "
-                "not match template `labels`",
-            )
-        )
-    containers = (template.get("spec") or {}).get("containers")
-    if not containers:
-        causes.append(("spec.template.spec.containers", "Required value"))
-    replicas = spec.get("replicas", 1)
-    if not isinstance(replicas, int) or replicas < 0:
-        causes.append(
-            ("spec.replicas", f"Invalid value: {replicas}: must be greater than or equal to 0")
-        )
-    ru = (spec.get("strategy") or {}).get("rollingUpdate") or {}
-    if ru.get("maxSurge") in (0, "0%") and ru.get("maxUnavailable") in (0, "0%"):
-        causes.append(
-            (
-                "spec.strategy.rollingUpdate.maxUnavailable",
-                "Invalid value: 0: may not be 0 when `maxSurge` is 0",
-            )
-        )
-    if old is not None and old.get("spec", {}).get("selector") != selector:
-        causes.append(
-            ("spec.selector", f"Invalid value: {json.dumps(selector)}: field is immutable")
-        )
-    if causes:
-        raise invalid(rt, name, causes)

@@ -1,0 +1,353 @@
+"""The evaluator: one thread that takes the dirty Deployments in batches, decides for each
+(`sidecar.core.decision.decide`: caches only, Redis in sidecar mode), writes every ledger change
+of the batch in one update, then acts on the decisions whose record was written: a purge
+starts only once its intent is durable (docs/architecture.md, "Threads and state ownership").
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from sidecar.aggregator.events import LogEvent
+from sidecar.aggregator.index import OwnershipIndex
+from sidecar.aggregator.metrics import Metrics
+from sidecar.aggregator.notifier import Notifier, owes_webhooks
+from sidecar.aggregator.options import AggregatorOptions
+from sidecar.aggregator.purge import PurgeRunner
+from sidecar.aggregator.reports import ReportCache
+from sidecar.core.annotations import AppConfig
+from sidecar.core.decision import Decision, decide
+from sidecar.core.records import AppRecord, Failure, FailureReason, Intent, Outcome
+from sidecar.core.rollout import Observation, Report, Waiting, observe
+from sidecar.kube.ledger import Ledger
+from sidecar.kube.reflector import Reflector
+from sidecar.logs import get_logger
+
+log = get_logger("aggregator")
+
+Obj = dict[str, Any]
+RETRY_AFTER_ERROR = 2.0  # seconds before an app whose evaluation or write failed is retried
+SAME_APP_DELAY = 0.5  # seconds between two Deployments sharing one app key
+
+# The rollouts metric's result for a rollout that failed, by why.
+_FAILED_RESULT = {FailureReason.ROLLED_BACK: "rolled_back", FailureReason.SUPERSEDED: "superseded"}
+
+
+class WorkQueue:
+    """Dirty Deployment names, timers that make them dirty later, and the ledger-reload flag;
+    marked from any thread, drained by the evaluator."""
+
+    def __init__(self, stop: threading.Event, clock: Callable[[], float]) -> None:
+        self._stop = stop
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._dirty: set[str] = set()
+        self._timers: list[tuple[float, str]] = []
+        self._reload = False
+
+    def mark(self, name: str, when: float | None = None) -> None:
+        with self._cond:
+            if when is None:
+                self._dirty.add(name)
+            else:
+                heapq.heappush(self._timers, (when, name))
+            self._cond.notify()
+
+    def request_reload(self) -> None:
+        """Reload the ledger and re-evaluate every Deployment (leadership was gained)."""
+        with self._cond:
+            self._reload = True
+            self._cond.notify()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def next_batch(self) -> tuple[set[str], bool]:
+        with self._cond:
+            while not self._stop.is_set():
+                now = self._clock()
+                while self._timers and self._timers[0][0] <= now:
+                    self._dirty.add(heapq.heappop(self._timers)[1])
+                if self._dirty or self._reload:
+                    batch, self._dirty = self._dirty, set()
+                    reload, self._reload = self._reload, False
+                    return batch, reload
+                wait = self._timers[0][0] - now if self._timers else None
+                self._cond.wait(timeout=wait)
+            return set(), False
+
+
+@dataclass
+class _AppState:
+    """Per-Deployment bookkeeping of the evaluator (not durable: the ledger is)."""
+
+    last_reason: str = ""
+    config_error: str | None = None
+    warned: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+    timeout_reported: str | None = None  # rollout id whose slowness was reported
+    completed_at: dict[str, float] = field(default_factory=dict)  # rollout id -> when seen
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """A decision taken for one Deployment, waiting for its ledger write."""
+
+    name: str
+    dep: Obj
+    cfg: AppConfig
+    obs: Observation
+    record: AppRecord  # the record the decision was taken on (compare-and-set's expectation)
+    decision: Decision
+    state: _AppState
+    now: float
+
+
+class Evaluator:
+    def __init__(
+        self,
+        options: AggregatorOptions,
+        *,
+        queue: WorkQueue,
+        index: OwnershipIndex,
+        deployments: Reflector,
+        replicasets: Reflector,
+        reports: ReportCache | None,
+        ledger: Ledger,
+        app_config: Callable[[Obj], AppConfig],
+        runner: PurgeRunner,
+        notifier: Notifier,
+        metrics: Metrics,
+        is_leader: Callable[[], bool],
+        wait_synced: Callable[[float], bool],
+        stop: threading.Event,
+        clock: Callable[[], float],
+    ) -> None:
+        self._options = options
+        self._queue = queue
+        self._index = index
+        self._deployments = deployments
+        self._replicasets = replicasets
+        self._reports = reports
+        self._ledger = ledger
+        self._app_config = app_config
+        self._runner = runner
+        self._notifier = notifier
+        self._metrics = metrics
+        self._is_leader = is_leader
+        self._wait_synced = wait_synced
+        self._stop = stop
+        self._clock = clock
+        self._apps: dict[str, _AppState] = {}
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            batch, reload = self._queue.next_batch()
+            if not self._is_leader():
+                continue  # leadership gained later reloads the ledger and re-evaluates all
+            if reload:
+                try:
+                    self._ledger.load()
+                except Exception as exc:
+                    log.error("ledger.load_failed", error=str(exc)[:300])
+                    self._queue.request_reload()
+                    self._stop.wait(1.0)
+                    continue
+                self._wait_synced(30)
+                batch |= {d["metadata"]["name"] for d in self._deployments.items()}
+            self.evaluate(batch)
+
+    def _retry_later(self, name: str, delay: float = RETRY_AFTER_ERROR) -> None:
+        self._queue.mark(name, self._clock() + delay)
+
+    def evaluate(self, names: set[str]) -> None:
+        """Decide for every dirty app, write all ledger changes in one update, then act on the
+        decisions whose record was written (a purge starts only once its intent is durable)."""
+        pending: list[_Pending] = []
+        apps: set[str] = set()
+        for name in sorted(names):
+            try:
+                item = self._decide(name)
+            except Exception as exc:  # one app's bug or API error must not stop the others
+                log.exception("app.evaluation_failed", deployment=name, error=str(exc)[:300])
+                self._retry_later(name)
+                continue
+            if item is None:
+                continue
+            if item.cfg.app in apps:  # two Deployments with one app key: one at a time
+                self._retry_later(name, SAME_APP_DELAY)
+                continue
+            apps.add(item.cfg.app)
+            pending.append(item)
+        changes = {
+            p.cfg.app: (p.record, p.decision.record)
+            for p in pending
+            if p.decision.record is not None
+        }
+        try:
+            written = self._ledger.compare_and_set_many(changes) if changes else set()
+        except Exception as exc:
+            log.error("ledger.write_failed", apps=len(changes), error=str(exc)[:300])
+            for p in pending:
+                self._retry_later(p.name)
+            return
+        for p in pending:
+            if p.decision.record is not None and p.cfg.app not in written:
+                log.info("ledger.conflict", app=p.cfg.app, deployment=p.name)
+                self._queue.mark(p.name)
+                continue
+            try:
+                self._act(p)
+            except Exception as exc:
+                log.exception("app.action_failed", deployment=p.name, error=str(exc)[:300])
+                self._retry_later(p.name)
+
+    def _reports_for(self, obs: Observation) -> list[Report] | None:
+        if self._reports is None:
+            return None
+        if obs.new_rs_hash is None:
+            return []
+        try:
+            return self._reports.fresh(obs.new_rs_hash, self._options.report_stale_after)
+        except redis.RedisError as exc:
+            log.warning("reports.unavailable", error=str(exc)[:200])
+            return []
+
+    def _decide(self, name: str) -> _Pending | None:
+        """What the decision says for one Deployment now (reads caches; Redis in sidecar mode)."""
+        dep = self._deployments.get(name)
+        state = self._apps.setdefault(name, _AppState())
+        if dep is None:
+            self._apps.pop(name, None)
+            self._runner.forget(name)
+            return None
+        try:
+            cfg = self._app_config(dep)
+        except ValueError as exc:  # AnnotationError: one clear error, once, for this app only
+            message = str(exc)
+            if state.config_error != message:
+                state.config_error = message
+                log.error("app.config_error", deployment=name, error=message)
+                self._metrics.config_errors.labels(app=name).inc()
+            return None
+        if state.config_error is not None:
+            log.info("app.config_fixed", deployment=name)
+            state.config_error = None
+        self._warn_once(name, cfg, state)
+
+        owned = self._index.replicasets_of(dep["metadata"]["uid"])
+        rss = [rs for rs in map(self._replicasets.get, owned) if rs is not None]
+        obs = observe(dep, rss, container=cfg.container)
+        if self._reports is not None and obs.status.complete and obs.desired > 0:
+            obs = observe(dep, rss, container=cfg.container, reports=self._reports_for(obs))
+        record = self._ledger.get(cfg.app)
+        now = self._clock()
+        decision = decide(
+            group=self._options.group,
+            app=cfg.app,
+            observation=obs,
+            record=record,
+            purge_on_rollback=cfg.purge_on_rollback,
+            now=now,
+        )
+        self._log_decision(name, cfg, obs, decision, state)
+        return _Pending(name, dep, cfg, obs, record, decision, state, now)
+
+    def _act(self, p: _Pending) -> None:
+        """Execute a decision whose ledger record (if any) is written."""
+        decision = p.decision
+        current = decision.record or p.record
+        if decision.failed is not None:
+            self._rollout_failed(p.name, p.cfg, decision.failed)
+        if decision.purge is not None:
+            rollout = decision.purge.rollout_id
+            seen = p.state.completed_at.setdefault(rollout, p.now)
+            self._runner.start(p.name, p.dep, p.cfg, decision.purge, seen)
+        elif current.intent is not None:
+            self._watch_slow_rollout(p.name, p.cfg, current.intent, p.obs, p.state, p.now)
+        elif current.settled is not None and owes_webhooks(current.settled):
+            self._runner.resume_webhooks(p.name, p.cfg, current.settled)
+
+    def _warn_once(self, name: str, cfg: AppConfig, state: _AppState) -> None:
+        """Likely typos: unknown `cache-buster.io/*` annotations, hook names not in the file."""
+        unknown_hooks = self._notifier.unknown_hooks(cfg.webhooks)
+        warning = (tuple(cfg.unknown_annotations), tuple(unknown_hooks))
+        if warning != state.warned and any(warning):
+            log.warning(
+                "app.config_warning",
+                app=cfg.app,
+                deployment=name,
+                unknown_annotations=list(cfg.unknown_annotations),
+                unknown_webhooks=unknown_hooks,
+            )
+        state.warned = warning
+
+    def _log_decision(
+        self, name: str, cfg: AppConfig, obs: Observation, decision: Decision, state: _AppState
+    ) -> None:
+        if decision.reason == state.last_reason:
+            return
+        state.last_reason = decision.reason
+        intent = (decision.record.intent if decision.record else None) or decision.purge
+        log.info(
+            LogEvent.APP_EVALUATED,
+            app=cfg.app,
+            deployment=name,
+            image=obs.image,
+            cluster=self._options.cluster,
+            rollout=intent.rollout_id if intent else None,
+            phase=obs.status.phase.value,
+            reason=decision.reason,
+            verdict=decision.verdict.value,
+        )
+        settled = decision.record.settled if decision.record is not None else None
+        if settled is not None and settled.outcome is Outcome.BASELINE:
+            self._metrics.rollouts.labels(app=cfg.app, result="baseline").inc()
+
+    def _watch_slow_rollout(
+        self,
+        name: str,
+        cfg: AppConfig,
+        intent: Intent,
+        obs: Observation,
+        state: _AppState,
+        now: float,
+    ) -> None:
+        deadline = intent.started_at + self._options.rollout_timeout
+        if now >= deadline and state.timeout_reported != intent.rollout_id:
+            # Reported, never final: the rollout may still complete and then it purges.
+            state.timeout_reported = intent.rollout_id
+            log.warning(
+                LogEvent.ROLLOUT_SLOW,
+                app=cfg.app,
+                image=intent.image,
+                cluster=self._options.cluster,
+                rollout=intent.rollout_id,
+                waiting_for=obs.status.message,
+                seconds=round(now - intent.started_at, 1),
+            )
+            self._notifier.rollout_slow(name, cfg, intent, obs.status.message)
+        elif now < deadline:
+            self._queue.mark(name, deadline)
+        if self._reports is not None and obs.status.waiting_for is Waiting.POD_REPORTS:
+            # Reports can be lost (Redis wiped, pub/sub dropped while disconnected): re-read.
+            self._queue.mark(name, now + self._options.report_recheck_every)
+
+    def _rollout_failed(self, name: str, cfg: AppConfig, failure: Failure) -> None:
+        result = _FAILED_RESULT[failure.reason]
+        self._metrics.rollouts.labels(app=cfg.app, result=result).inc()
+        log.info(
+            LogEvent.ROLLOUT_FAILED,
+            app=cfg.app,
+            image=failure.image,
+            cluster=self._options.cluster,
+            rollout=failure.rollout_id,
+            reason=str(failure.reason),
+        )
+        self._notifier.rollout_failed(name, cfg, failure, status=result)

@@ -1,0 +1,18 @@
+"""The names of the aggregator's log events that readers key on (the demo's timeline, people's
+log queries). The values are part of the interface: they never change."""
+
+from __future__ import annotations
+
+import enum
+
+
+class LogEvent(enum.StrEnum):
+    STARTING = "aggregator.starting"
+    STOPPED = "aggregator.stopped"
+    APP_EVALUATED = "app.evaluated"  # the decision's reason changed (`verdict` says which rule)
+    ROLLOUT_FAILED = "rollout.failed"  # superseded or rolled back
+    ROLLOUT_SLOW = "rollout.slow"  # not complete after ROLLOUT_TIMEOUT: reported, not final
+    PURGE_REQUESTED = "purge.requested"
+    PURGE_DONE = "purge.done"
+    PURGE_RETRY = "purge.retry"
+    PURGE_FAILED = "purge.failed"

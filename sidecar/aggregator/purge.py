@@ -1,0 +1,349 @@
+"""The purge runner: one thread per purge, fenced by leadership, retried with the one backoff
+policy, settled in the ledger, then its webhooks delivered.
+
+Error classes: a provider's `PurgeError` that is retryable (throttled past the deadline, a
+network error) and any unexpected exception are retried with `PURGE_RETRY`; the others need a
+person (access denied, no domain, unknown provider) and settle the rollout FAILED, reported
+once. A purge stopped or deposed mid-way is neither: its PURGING intent stays in the ledger
+and whoever leads next resumes it with the same idempotency key (docs/architecture.md,
+guarantees 2 and 3).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sidecar.aggregator.events import LogEvent
+from sidecar.aggregator.metrics import Metrics
+from sidecar.aggregator.notifier import Notifier
+from sidecar.core.annotations import AppConfig
+from sidecar.core.backoff import PURGE_RETRY, Backoff
+from sidecar.core.decision import after_failed_purge, after_purge
+from sidecar.core.domains import app_domains
+from sidecar.core.records import (
+    AppRecord,
+    Intent,
+    PurgeDetail,
+    Settled,
+    WebhookState,
+    idempotency_key,
+)
+from sidecar.kube.ledger import Ledger
+from sidecar.kube.reflector import read_json
+from sidecar.logs import get_logger
+from sidecar.providers.base import Provider, PurgeError, PurgeRequest, PurgeResult
+
+log = get_logger("aggregator")
+
+Obj = dict[str, Any]
+Mark = Callable[[str, float | None], None]  # re-evaluate a Deployment (at a time, or now)
+Settle = Callable[[AppRecord, Intent, float, PurgeDetail], AppRecord]
+
+NO_DOMAIN = (
+    "no cache-buster.io/domains annotation, no Ingress named like the Deployment and no "
+    "Ingress routing to its Service"
+)
+
+
+class _WhileLeading(threading.Event):
+    """The `stop` handed to a provider: set once the aggregator stops *or* its leadership
+    lapses, so a deposed leader's purge leaves its backoff and polling and makes no further CDN
+    call (the successor resumes with the same key). Judged on the elector's clock at every
+    wait, not when the elector notices (a retry period or an API timeout later), and `margin`
+    early, so a call begun just before the deadline is answered before it."""
+
+    def __init__(self, stop: threading.Event, leading_for: Callable[[], float], margin: float):
+        super().__init__()
+        self._halt = stop
+        self._leading_for = leading_for
+        self._margin = margin
+
+    def _lead_left(self) -> float:
+        return self._leading_for() - self._margin
+
+    def is_set(self) -> bool:
+        return self._halt.is_set() or self._lead_left() <= 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            lead = self._lead_left()
+            if self._halt.is_set() or lead <= 0:
+                return True
+            left = lead if end is None else min(lead, end - time.monotonic())
+            if left <= 0:
+                return False
+            self._halt.wait(left)
+
+
+class Flights:
+    """The one worker thread per Deployment (its purge, or its owed webhooks)."""
+
+    def __init__(self) -> None:
+        self._threads: dict[str, threading.Thread] = {}
+
+    def busy(self, name: str) -> bool:
+        thread = self._threads.get(name)
+        return thread is not None and thread.is_alive()
+
+    def run(self, name: str, thread_name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=thread_name, daemon=True)
+        self._threads[name] = thread
+        thread.start()
+
+    def join(self, timeout: float) -> None:
+        for thread in list(self._threads.values()):
+            thread.join(timeout=timeout)
+
+
+class DomainSource:
+    """The domains of an app whose annotations name none: its Ingresses and Services."""
+
+    def __init__(self, networking_api: Any, core_api: Any, namespace: str) -> None:
+        self._net = networking_api
+        self._core = core_api
+        self._namespace = namespace
+
+    def __call__(self, dep: Obj, cfg: AppConfig) -> list[str]:
+        if cfg.domains or cfg.distribution_id or cfg.zone:
+            return list(cfg.domains)
+        ns = self._namespace
+        ingresses = read_json(
+            self._net.list_namespaced_ingress(ns, _preload_content=False, _request_timeout=10)
+        ).get("items", [])
+        services = read_json(
+            self._core.list_namespaced_service(ns, _preload_content=False, _request_timeout=10)
+        ).get("items", [])
+        return app_domains(dep, (), ingresses, services)
+
+
+@dataclass
+class _Retries:
+    backoff: Backoff = field(default_factory=lambda: Backoff(PURGE_RETRY))
+    retry_at: float = 0.0  # no new attempt before this
+
+
+class PurgeRunner:
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        cluster: str,
+        providers: Mapping[str, Provider],
+        domains: Callable[[Obj, AppConfig], list[str]],
+        ledger: Ledger,
+        notifier: Notifier,
+        metrics: Metrics,
+        mark: Mark,
+        leading_for: Callable[[], float],
+        stop: threading.Event,
+        clock: Callable[[], float],
+        invalidation_timeout: float,
+        retry_max: float,
+        renew_deadline: float,
+        retry_period: float,
+    ) -> None:
+        self._namespace = namespace
+        self._cluster = cluster
+        self._providers = providers
+        self._domains = domains
+        self._ledger = ledger
+        self._notifier = notifier
+        self._metrics = metrics
+        self._mark = mark
+        self._leading_for = leading_for
+        self._stop = stop
+        self._clock = clock
+        self._invalidation_timeout = invalidation_timeout
+        self._retry_max = retry_max
+        # Stop a purge this much before leadership could lapse (see _WhileLeading).
+        self._margin = min(1.0, renew_deadline / 10)
+        self._retry_period = retry_period
+        self._retries: dict[str, _Retries] = {}
+        self.flights = Flights()
+
+    def forget(self, name: str) -> None:
+        self._retries.pop(name, None)
+
+    def start(
+        self, name: str, dep: Obj, cfg: AppConfig, intent: Intent, completed_at: float | None
+    ) -> None:
+        """Purge in a thread of its own, unless one runs for this Deployment or it backs off."""
+        if self.flights.busy(name):
+            return
+        retries = self._retries.get(name)
+        if retries is not None and retries.retry_at > self._clock():
+            self._mark(name, retries.retry_at)  # still backing off: re-evaluations wait too
+            return
+        self.flights.run(
+            name, f"purge-{name}", lambda: self._purge(name, dep, cfg, intent, completed_at)
+        )
+
+    def resume_webhooks(self, name: str, cfg: AppConfig, settled: Settled) -> None:
+        """Deliver webhooks a previous leader (or attempt) left pending."""
+        if self.flights.busy(name):
+            return
+        self.flights.run(
+            name, f"webhooks-{name}", lambda: self._notifier.deliver_then_mark(name, cfg, settled)
+        )
+
+    def _purge(
+        self, name: str, dep: Obj, cfg: AppConfig, intent: Intent, completed_at: float | None
+    ) -> None:
+        # Leadership lost mid-purge stops it like a shutdown does: the intent stays PURGING.
+        halt = _WhileLeading(self._stop, self._leading_for, self._margin)
+        try:
+            self._purge_once(name, dep, cfg, intent, halt, completed_at)
+        finally:
+            # Re-evaluate: the image may have changed meanwhile. A lapsing leadership is looked
+            # at again a retry period later (the elector renews or steps down), not in a loop.
+            self._mark(name, self._clock() + self._retry_period if halt.is_set() else None)
+
+    def _request(self, dep: Obj, cfg: AppConfig, intent: Intent) -> tuple[Provider, PurgeRequest]:
+        provider = self._providers.get(cfg.provider)
+        if provider is None:
+            raise PurgeError(
+                "ProviderUnavailable",
+                f"provider {cfg.provider!r} is not configured in this aggregator",
+                retryable=False,
+            )
+        domains = self._domains(dep, cfg)
+        if not domains and not cfg.distribution_id and not cfg.zone:
+            raise PurgeError("NoDomain", NO_DOMAIN, retryable=False)
+        return provider, PurgeRequest(
+            app=cfg.app,
+            namespace=self._namespace,
+            rollout_id=intent.rollout_id,
+            idempotency_key=idempotency_key(intent.rollout_id),
+            domains=tuple(domains),
+            paths=tuple(cfg.paths),
+            distribution_id=cfg.distribution_id,
+            zone=cfg.zone,
+        )
+
+    def _purge_once(
+        self,
+        name: str,
+        dep: Obj,
+        cfg: AppConfig,
+        intent: Intent,
+        halt: threading.Event,
+        completed_at: float | None,
+    ) -> None:
+        fields = {
+            "app": cfg.app,
+            "image": intent.image,
+            "cluster": self._cluster,
+            "rollout": intent.rollout_id,
+            "provider": cfg.provider,
+        }
+        try:
+            if halt.is_set():
+                # The ledger holds the PURGING intent: whoever leads next finishes it.
+                log.info("purge.not_leader", **fields)
+                return
+            provider, request = self._request(dep, cfg, intent)
+            if halt.is_set():  # re-checked right before the CDN call
+                log.info("purge.not_leader", **fields)
+                return
+            log.info(
+                LogEvent.PURGE_REQUESTED,
+                domains=list(request.domains),
+                paths=list(cfg.paths),
+                **fields,
+            )
+            if completed_at is not None:
+                self._metrics.purge_latency.labels(app=cfg.app).set(self._clock() - completed_at)
+            result = provider.purge(request, timeout=self._invalidation_timeout, stop=halt)
+            if halt.is_set():
+                # Shutting down mid-wait: the PURGING intent stays in the ledger and the next
+                # leader resumes with the same key (CloudFront returns this invalidation).
+                log.info("purge.handed_over", request_id=result.request_id, **fields)
+                return
+        except PurgeError as exc:
+            if exc.retryable and halt.is_set():
+                # Stopped or deposed mid-backoff: not a failed purge (settling it FAILED would
+                # lose the rollout); whoever leads next resumes it with the same key.
+                log.info("purge.handed_over", error=exc.code, **fields)
+                return
+            if exc.retryable:
+                delay = self._back_off(name)
+                log.warning(
+                    LogEvent.PURGE_RETRY,
+                    error=exc.code,
+                    message=exc.message,
+                    retry_in=delay,
+                    **fields,
+                )
+                self._count(cfg, "retry")
+                return
+            log.error(LogEvent.PURGE_FAILED, error=exc.code, message=exc.message, **fields)
+            self._count(cfg, "failed")
+            detail = PurgeDetail(error=exc.code, message=exc.message[:300])
+            self._settle(cfg, intent, after_failed_purge, detail)
+            self._notifier.purge_failed(name, cfg, intent, f"{exc.code}: {exc.message}")
+            return
+        except Exception as exc:
+            delay = self._back_off(name)
+            log.exception("purge.error", error=str(exc)[:300], retry_in=delay, **fields)
+            return
+        self._retries.pop(name, None)
+        self._count(cfg, result.status)
+        self._metrics.rollouts.labels(app=cfg.app, result="purged").inc()
+        log.info(
+            LogEvent.PURGE_DONE,
+            target=result.target,
+            request_id=result.request_id,
+            status=result.status,
+            reused=result.reused,
+            seconds=round(result.finished_at - result.requested_at, 3),
+            **fields,
+        )
+        settled = self._settle(cfg, intent, after_purge, purge_detail(result, intent))
+        if settled is not None:
+            self._notifier.deliver_then_mark(name, cfg, settled)
+
+    def _count(self, cfg: AppConfig, outcome: str) -> None:
+        self._metrics.purges.labels(app=cfg.app, provider=cfg.provider, outcome=outcome).inc()
+
+    def _back_off(self, name: str) -> float:
+        """Schedule the next attempt (PURGE_RETRY, capped by the options); the delay."""
+        retries = self._retries.setdefault(name, _Retries())
+        delay = min(self._retry_max, retries.backoff.next())
+        retries.retry_at = self._clock() + delay
+        self._mark(name, retries.retry_at)
+        return delay
+
+    def _settle(
+        self, cfg: AppConfig, intent: Intent, outcome: Settle, detail: PurgeDetail
+    ) -> Settled | None:
+        """Record the rollout's outcome, unless somebody else settled it first."""
+        for _ in range(5):
+            current = self._ledger.get(cfg.app)
+            if current.intent is None or current.intent.rollout_id != intent.rollout_id:
+                return None
+            new = outcome(current, intent, self._clock(), detail)
+            if self._ledger.compare_and_set(cfg.app, current, new):
+                return new.settled
+            self._ledger.load()
+        log.error("ledger.settle_failed", app=cfg.app, rollout=intent.rollout_id)
+        return None
+
+
+def purge_detail(result: PurgeResult, intent: Intent) -> PurgeDetail:
+    """What a settled purge records; its webhooks are owed until marked delivered."""
+    return PurgeDetail(
+        provider=result.provider,
+        target=result.target,
+        request_id=result.request_id,
+        status=result.status,
+        paths=tuple(result.paths),
+        from_image=intent.from_image or "",
+        requested_at=result.requested_at,
+        finished_at=result.finished_at,
+        webhooks=WebhookState.PENDING,
+    )
