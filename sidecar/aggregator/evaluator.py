@@ -24,7 +24,8 @@ from sidecar.aggregator.reports import ReportCache
 from sidecar.core.annotations import AppConfig
 from sidecar.core.decision import Decision, decide
 from sidecar.core.records import AppRecord, Failure, FailureReason, Intent, Outcome
-from sidecar.core.rollout import Observation, Report, Waiting, observe
+from sidecar.core.rollout import Observation, Waiting, observe
+from sidecar.core.wire import Report
 from sidecar.kube.ledger import Ledger
 from sidecar.kube.reflector import Reflector
 from sidecar.logs import get_logger

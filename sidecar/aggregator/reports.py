@@ -16,9 +16,9 @@ from typing import Any
 import redis
 
 from sidecar.core.backoff import RECONNECT, Backoff
-from sidecar.core.rollout import Report
 from sidecar.core.wire import (
     Event,
+    Report,
     decode_message,
     decode_report,
     report_channel,

@@ -14,10 +14,11 @@ import enum
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sidecar.core.images import ImageRefError, parse_image
+from sidecar.core.wire import Report
 
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"
 TEMPLATE_HASH_LABEL = "pod-template-hash"
@@ -183,19 +184,6 @@ def previous_image(
         return None
     newest = max(old, key=revision)
     return container_image(_get(newest, "spec", "template", "spec", default={}), container)
-
-
-@dataclass(frozen=True)
-class Report:
-    """A pod's report as the reporter writes it (see sidecar.core.wire)."""
-
-    pod: str
-    template_hash: str
-    probe_ok: bool
-    version: str | None
-    terminating: bool
-    # The reporter's clock at its last heartbeat; not part of what the report says.
-    updated_at: float = field(default=0.0, compare=False)
 
 
 def tag_matches_version(image: str, version: str | None) -> bool:

@@ -15,14 +15,27 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from sidecar.core.rollout import Report
 
 PREFIX = "cache-buster"
 # The record format's version, written as its `v` field.
 RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Report:
+    """A pod's report as the aggregator reads it: what `decode_report` returns. It lives here,
+    not in `rollout`, so the reporter's import path stays free of hashlib (OpenSSL adds
+    megabytes to every pod's sidecar)."""
+
+    pod: str
+    template_hash: str
+    probe_ok: bool
+    version: str | None
+    terminating: bool
+    # The reporter's clock at its last heartbeat; not part of what the report says.
+    updated_at: float = field(default=0.0, compare=False)
 
 
 def report_key(namespace: str, pod: str) -> str:

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from sidecar.core.rollout import Report
 from sidecar.core.wire import (
     Event,
     Message,
+    Report,
     ReportRecord,
     decode_message,
     decode_report,
