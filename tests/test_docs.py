@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
 # Built from parts so this file does not match itself.
-# The design card's name is upper case; the word "design" in prose is fine.
+# Only the upper-case document name counts: the ordinary word in prose is fine.
 UNRESOLVABLE = re.compile(r"\b" + "DES" + r"IGN\b|(?i:\b" + "se" + r"ed[ _-]?[12]\b)")
 GUARANTEE = re.compile(r"\bguarantees? \d", re.IGNORECASE)
 
