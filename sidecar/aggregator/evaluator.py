@@ -22,9 +22,9 @@ from sidecar.aggregator.options import AggregatorOptions
 from sidecar.aggregator.purge import PurgeRunner
 from sidecar.aggregator.reports import ReportCache
 from sidecar.core.annotations import AppConfig
-from sidecar.core.decision import Decision, decide
+from sidecar.core.decision import Decision, Verdict, decide
 from sidecar.core.records import AppRecord, Failure, FailureReason, Intent, Outcome
-from sidecar.core.rollout import Observation, Waiting, observe
+from sidecar.core.rollout import Observation, Pod, Waiting, observe
 from sidecar.core.wire import Report
 from sidecar.kube.ledger import Ledger
 from sidecar.kube.reflector import Reflector
@@ -92,8 +92,11 @@ class _AppState:
     last_reason: str = ""
     config_error: str | None = None
     warned: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
-    timeout_reported: str | None = None  # rollout id whose slowness was reported
+    # (rollout id, attempt) whose slowness was reported: once per attempt
+    timeout_reported: tuple[str, int] | None = None
     completed_at: dict[str, float] = field(default_factory=dict)  # rollout id -> when seen
+    # image -> when kubectl's verdict first said complete (the `old-pods-timeout` clock)
+    complete_since: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,7 @@ class Evaluator:
         index: OwnershipIndex,
         deployments: Reflector,
         replicasets: Reflector,
+        pods: Callable[[set[str]], list[Pod] | None],
         reports: ReportCache | None,
         ledger: Ledger,
         app_config: Callable[[Obj], AppConfig],
@@ -135,6 +139,7 @@ class Evaluator:
         self._index = index
         self._deployments = deployments
         self._replicasets = replicasets
+        self._pods = pods
         self._reports = reports
         self._ledger = ledger
         self._app_config = app_config
@@ -231,11 +236,13 @@ class Evaluator:
         try:
             cfg = self._app_config(dep)
         except ValueError as exc:  # AnnotationError: one clear error, once, for this app only
-            message = str(exc)
-            if state.config_error != message:
-                state.config_error = message
-                log.error("app.config_error", deployment=name, error=message)
-                self._metrics.config_errors.labels(app=name).inc()
+            self._config_error(name, state, str(exc))
+            return None
+        owner = self._index.app_owner(cfg.app)
+        if owner is not None and owner.deployment != name:
+            self._config_error(
+                name, state, duplicate_key_message(name, cfg, owner.deployment, owner.why)
+            )
             return None
         if state.config_error is not None:
             log.info("app.config_fixed", deployment=name)
@@ -244,11 +251,29 @@ class Evaluator:
 
         owned = self._index.replicasets_of(dep["metadata"]["uid"])
         rss = [rs for rs in map(self._replicasets.get, owned) if rs is not None]
-        obs = observe(dep, rss, container=cfg.container)
-        if self._reports is not None and obs.status.complete and obs.desired > 0:
-            obs = observe(dep, rss, container=cfg.container, reports=self._reports_for(obs))
-        record = self._ledger.get(cfg.app)
         now = self._clock()
+        obs = observe(dep, rss, container=cfg.container)  # kubectl's verdict alone
+        if obs.status.complete and obs.image is not None:
+            since = state.complete_since.setdefault(obs.image, now)
+            state.complete_since = {obs.image: since}
+            sidecar = self._reports is not None and obs.desired > 0
+            if sidecar or cfg.wait_for_old_pods:
+                hashes = {h for h in (_hash(rs) for rs in rss) if h}
+                obs = observe(
+                    dep,
+                    rss,
+                    container=cfg.container,
+                    reports=self._reports_for(obs) if sidecar else None,
+                    pods=self._pods(hashes),
+                    wait_for_old_pods=cfg.wait_for_old_pods,
+                    complete_for=now - since,
+                    old_pods_timeout=cfg.old_pods_timeout,
+                )
+                if obs.status.waiting_for is Waiting.OLD_PODS:
+                    self._queue.mark(name, since + cfg.old_pods_timeout)
+        else:
+            state.complete_since.clear()
+        record = self._ledger.get(cfg.app)
         decision = decide(
             group=self._options.group,
             app=cfg.app,
@@ -256,17 +281,26 @@ class Evaluator:
             record=record,
             purge_on_rollback=cfg.purge_on_rollback,
             now=now,
+            rollout_timeout=self._options.rollout_timeout,
         )
-        self._log_decision(name, cfg, obs, decision, state)
+        self._log_decision(name, cfg, obs, record, decision, state)
         return _Pending(name, dep, cfg, obs, record, decision, state, now)
+
+    def _config_error(self, name: str, state: _AppState, message: str) -> None:
+        if state.config_error != message:
+            state.config_error = message
+            log.error("app.config_error", deployment=name, error=message)
+            self._metrics.config_errors.labels(app=name).inc()
 
     def _act(self, p: _Pending) -> None:
         """Execute a decision whose ledger record (if any) is written."""
         decision = p.decision
         current = decision.record or p.record
         if decision.failed is not None:
-            self._rollout_failed(p.name, p.cfg, decision.failed)
-        if decision.purge is not None:
+            self._rollout_failed(p.name, p.cfg, decision.failed, decision.failed_intent)
+        if decision.verdict is Verdict.RESUMING_SUPERSEDED and decision.purge is not None:
+            self._runner.confirm_or_fold(p.name, p.dep, p.cfg, decision.purge)
+        elif decision.purge is not None:
             rollout = decision.purge.rollout_id
             seen = p.state.completed_at.setdefault(rollout, p.now)
             self._runner.start(p.name, p.dep, p.cfg, decision.purge, seen)
@@ -290,19 +324,32 @@ class Evaluator:
         state.warned = warning
 
     def _log_decision(
-        self, name: str, cfg: AppConfig, obs: Observation, decision: Decision, state: _AppState
+        self,
+        name: str,
+        cfg: AppConfig,
+        obs: Observation,
+        record: AppRecord,
+        decision: Decision,
+        state: _AppState,
     ) -> None:
         if decision.reason == state.last_reason:
             return
         state.last_reason = decision.reason
-        intent = (decision.record.intent if decision.record else None) or decision.purge
+        # The rollout this line is about: in flight, else the one settled (never null once
+        # the ledger knows the app).
+        current = decision.record or record
+        intent = decision.purge or current.intent
+        rollout = intent.rollout_id if intent else None
+        if rollout is None and current.settled is not None:
+            rollout = current.settled.rollout_id
         log.info(
             LogEvent.APP_EVALUATED,
             app=cfg.app,
             deployment=name,
             image=obs.image,
             cluster=self._options.cluster,
-            rollout=intent.rollout_id if intent else None,
+            rollout=rollout,
+            attempt=intent.attempt if intent else None,
             phase=obs.status.phase.value,
             reason=decision.reason,
             verdict=decision.verdict.value,
@@ -321,26 +368,32 @@ class Evaluator:
         now: float,
     ) -> None:
         deadline = intent.started_at + self._options.rollout_timeout
-        if now >= deadline and state.timeout_reported != intent.rollout_id:
-            # Reported, never final: the rollout may still complete and then it purges.
-            state.timeout_reported = intent.rollout_id
+        attempt = (intent.rollout_id, intent.attempt)
+        if now >= deadline and state.timeout_reported != attempt:
+            # Reported once per attempt, never final: the rollout may still complete and then
+            # it purges.
+            state.timeout_reported = attempt
             log.warning(
                 LogEvent.ROLLOUT_SLOW,
                 app=cfg.app,
                 image=intent.image,
                 cluster=self._options.cluster,
                 rollout=intent.rollout_id,
+                attempt=intent.attempt,
                 waiting_for=obs.status.message,
                 seconds=round(now - intent.started_at, 1),
             )
             self._notifier.rollout_slow(name, cfg, intent, obs.status.message)
         elif now < deadline:
             self._queue.mark(name, deadline)
-        if self._reports is not None and obs.status.waiting_for is Waiting.POD_REPORTS:
-            # Reports can be lost (Redis wiped, pub/sub dropped while disconnected): re-read.
+        if obs.status.waiting_for in _RECHECK:
+            # Reports can be lost (Redis wiped, pub/sub dropped while disconnected), and an
+            # empty pod list sends no event: re-read.
             self._queue.mark(name, now + self._options.report_recheck_every)
 
-    def _rollout_failed(self, name: str, cfg: AppConfig, failure: Failure) -> None:
+    def _rollout_failed(
+        self, name: str, cfg: AppConfig, failure: Failure, intent: Intent | None
+    ) -> None:
         result = _FAILED_RESULT[failure.reason]
         self._metrics.rollouts.labels(app=cfg.app, result=result).inc()
         log.info(
@@ -349,6 +402,26 @@ class Evaluator:
             image=failure.image,
             cluster=self._options.cluster,
             rollout=failure.rollout_id,
+            attempt=intent.attempt if intent else None,
             reason=str(failure.reason),
         )
-        self._notifier.rollout_failed(name, cfg, failure, status=result)
+        self._notifier.rollout_failed(name, cfg, failure, intent, status=result)
+
+
+_RECHECK = (Waiting.POD_REPORTS, Waiting.PODS, Waiting.OLD_PODS)
+
+
+def _hash(replicaset: Obj) -> str | None:
+    return ((replicaset.get("metadata") or {}).get("labels") or {}).get("pod-template-hash")
+
+
+def duplicate_key_message(name: str, cfg: AppConfig, owner: str, why: str) -> str:
+    """Two Deployments with one app key would share one ledger entry and purge on each
+    other's events: the one that does not hold the key is a configuration error."""
+    return (
+        f"deployment {cfg.namespace}/{name}: app key {cfg.app!r} (cache-buster.io/name) is "
+        f"held by deployment {cfg.namespace}/{owner}, because {why}; this Deployment is "
+        "not watched until it has a key of its own. A blue/green or canary pair needs one "
+        "key per Deployment (cache-buster.io/name: web-blue, web-green): each then purges "
+        "when its own rollout completes."
+    )

@@ -16,3 +16,8 @@ class LogEvent(enum.StrEnum):
     PURGE_DONE = "purge.done"
     PURGE_RETRY = "purge.retry"
     PURGE_FAILED = "purge.failed"
+    PURGE_REUSED = "purge.reused"  # the CDN answered with an earlier attempt's request
+    PURGE_SKIPPED = "purge.skipped"  # nothing to purge (no domain): settled skipped
+    # A completed rollout whose purge was never requested, folded into a newer rollout.
+    ROLLOUT_FOLDED = "rollout.folded"
+    WEBHOOK_FAILED = "webhook.failed"  # a hook's retries are exhausted: not retried again

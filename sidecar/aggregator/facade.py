@@ -34,7 +34,7 @@ from sidecar.core.annotations import AppConfig
 from sidecar.core.annotations import app_config as default_app_config
 from sidecar.kube.leader import LeaderElector
 from sidecar.kube.ledger import Ledger
-from sidecar.kube.reflector import Reflector, trim_deployment, trim_replicaset
+from sidecar.kube.reflector import Reflector, trim_deployment, trim_pod, trim_replicaset
 from sidecar.logs import get_logger
 from sidecar.providers.base import Provider
 from sidecar.webhooks.sender import WebhookSender
@@ -90,6 +90,19 @@ class Aggregator:
             on_event=self._on_replicaset,
             watch_timeout=options.watch_timeout,
         )
+        # Pods bind reports to real pods (sidecar mode) and show old pods draining (the
+        # `wait-for-old-pods` opt-in): watched namespace-wide, trimmed to name, uid, template
+        # hash and deletion timestamp. In watcher mode only once an app opts in.
+        self.pods = Reflector(
+            "pods",
+            core_api.list_namespaced_pod,
+            ns,
+            trim=trim_pod,
+            on_event=self._on_pod,
+            watch_timeout=options.watch_timeout,
+        )
+        self._pods_started = threading.Lock()
+        self._pods_running = False
         self.reports: ReportCache | None = None
         if options.mode == "sidecar" and redis_client is not None:
             self.reports = ReportCache(redis_client, ns, self._on_report)
@@ -136,6 +149,7 @@ class Aggregator:
             index=self._index,
             deployments=self.deployments,
             replicasets=self.replicasets,
+            pods=self._pods_view,
             reports=self.reports,
             ledger=self.ledger,
             app_config=app_config,
@@ -161,6 +175,8 @@ class Aggregator:
         )
         self.deployments.start()
         self.replicasets.start()
+        if self.options.mode == "sidecar":
+            self._start_pod_watch()
         if self.reports is not None:
             self.reports.start()
         for target, name in ((self._evaluator.run, "evaluator"), (self._elect, "elector")):
@@ -180,9 +196,26 @@ class Aggregator:
         self._runner.flights.join(timeout=10)
         self.deployments.stop()
         self.replicasets.stop()
+        self.pods.stop()
         if self.reports is not None:
             self.reports.stop()
         log.info(LogEvent.STOPPED, namespace=self.options.namespace)
+
+    def _start_pod_watch(self) -> None:
+        with self._pods_started:
+            if not self._pods_running and not self._stop.is_set():
+                self._pods_running = True
+                log.info("pods.watch_started", namespace=self.options.namespace)
+                self.pods.start()
+
+    def _pods_view(self, hashes: set[str]) -> list[Any] | None:
+        """The pods of these template hashes; None until the pod watch has listed them
+        (started here on first need in watcher mode)."""
+        if not self._pods_running:
+            self._start_pod_watch()
+        if not self.pods.synced.is_set():
+            return None
+        return self._index.pods_of(hashes)
 
     def _elect(self) -> None:
         self.elector.run(self._stop)
@@ -195,7 +228,13 @@ class Aggregator:
 
     # -- event handlers (reflector threads: quick, no I/O) ----------------------------------
     def _on_deployment(self, kind: str, obj: Obj) -> None:
-        self._queue.mark(self._index.deployment_event(kind, obj))
+        for name in self._index.deployment_event(kind, obj):
+            self._queue.mark(name)
+
+    def _on_pod(self, kind: str, obj: Obj) -> None:
+        name = self._index.pod_event(kind, obj)
+        if name:
+            self._queue.mark(name)
 
     def _on_replicaset(self, kind: str, obj: Obj) -> None:
         name = self._index.replicaset_event(kind, obj)

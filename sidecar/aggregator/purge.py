@@ -2,11 +2,17 @@
 policy, settled in the ledger, then its webhooks delivered.
 
 Error classes: a provider's `PurgeError` that is retryable (throttled past the deadline, a
-network error) and any unexpected exception are retried with `PURGE_RETRY`; the others need a
-person (access denied, no domain, unknown provider) and settle the rollout FAILED, reported
-once. A purge stopped or deposed mid-way is neither: its PURGING intent stays in the ledger
-and whoever leads next resumes it with the same idempotency key (docs/architecture.md,
-guarantees 2 and 3).
+network error) and any unexpected exception are retried with `PURGE_RETRY`; an app with no
+domain at all has nothing to purge and settles SKIPPED (warned once per app); the others need a
+person (access denied, no distribution for the domain, unknown provider) and settle the rollout
+FAILED, reported once. A purge stopped or deposed mid-way is neither: its PURGING intent stays
+in the ledger and whoever leads next resumes it with the same idempotency key
+(docs/architecture.md, guarantees 2 and 3).
+
+Replays (docs/architecture.md, guarantees 3 and 10): before the first CDN call the runner records the purge's plan (targets,
+paths or their digest) in the PURGING intent, and each CDN request id as soon as it is known;
+a resumed purge sends that plan, never what the annotations say by then, so the CDN sees the
+same request and answers with the earlier one.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sidecar.aggregator.events import LogEvent
@@ -22,12 +28,14 @@ from sidecar.aggregator.metrics import Metrics
 from sidecar.aggregator.notifier import Notifier
 from sidecar.core.annotations import AppConfig
 from sidecar.core.backoff import PURGE_RETRY, Backoff
-from sidecar.core.decision import after_failed_purge, after_purge
+from sidecar.core.decision import after_failed_purge, after_purge, after_skipped, fold
 from sidecar.core.domains import app_domains
 from sidecar.core.records import (
     AppRecord,
     Intent,
+    IntentState,
     PurgeDetail,
+    PurgePlan,
     Settled,
     WebhookState,
     idempotency_key,
@@ -35,7 +43,7 @@ from sidecar.core.records import (
 from sidecar.kube.ledger import Ledger
 from sidecar.kube.reflector import read_json
 from sidecar.logs import get_logger
-from sidecar.providers.base import Provider, PurgeError, PurgeRequest, PurgeResult
+from sidecar.providers.base import NO_DOMAINS, Provider, PurgeError, PurgeRequest, PurgeResult
 
 log = get_logger("aggregator")
 
@@ -164,6 +172,7 @@ class PurgeRunner:
         self._margin = min(1.0, renew_deadline / 10)
         self._retry_period = retry_period
         self._retries: dict[str, _Retries] = {}
+        self._warned_skip: set[str] = set()  # apps already warned that they cannot purge
         self.flights = Flights()
 
     def forget(self, name: str) -> None:
@@ -182,6 +191,14 @@ class PurgeRunner:
         self.flights.run(
             name, f"purge-{name}", lambda: self._purge(name, dep, cfg, intent, completed_at)
         )
+
+    def confirm_or_fold(self, name: str, dep: Obj, cfg: AppConfig, intent: Intent) -> None:
+        """A completed rollout's purge, found while a newer rollout of the app is under way,
+        with no CDN request on record (decision rule 11): if the CDN has the request, wait for
+        it and settle; if it was never made, fold the rollout into the newer one."""
+        if self.flights.busy(name):
+            return
+        self.flights.run(name, f"confirm-{name}", lambda: self._confirm_or_fold(name, cfg, intent))
 
     def resume_webhooks(self, name: str, cfg: AppConfig, settled: Settled) -> None:
         """Deliver webhooks a previous leader (or attempt) left pending."""
@@ -203,17 +220,44 @@ class PurgeRunner:
             # at again a retry period later (the elector renews or steps down), not in a loop.
             self._mark(name, self._clock() + self._retry_period if halt.is_set() else None)
 
-    def _request(self, dep: Obj, cfg: AppConfig, intent: Intent) -> tuple[Provider, PurgeRequest]:
-        provider = self._providers.get(cfg.provider)
+    def _provider(self, name: str) -> Provider:
+        provider = self._providers.get(name)
         if provider is None:
             raise PurgeError(
                 "ProviderUnavailable",
-                f"provider {cfg.provider!r} is not configured in this aggregator",
+                f"provider {name!r} is not configured in this aggregator",
                 retryable=False,
             )
-        domains = self._domains(dep, cfg)
+        return provider
+
+    def _request(
+        self, dep: Obj | None, cfg: AppConfig, intent: Intent
+    ) -> tuple[Provider, PurgeRequest]:
+        """The request for this intent: its recorded plan when it has one (a replay), else
+        what the app's annotations and Ingresses say now."""
+        plan = intent.plan
+        if plan is not None:
+            provider = self._provider(plan.provider or cfg.provider)
+            paths = plan.paths
+            if paths is None:
+                # Only the digest was kept: today's paths when they are the same list; else the
+                # CDN's lookup finds the earlier request by its key (the provider's job).
+                paths = tuple(cfg.paths)
+            return provider, PurgeRequest(
+                app=cfg.app,
+                namespace=self._namespace,
+                rollout_id=intent.rollout_id,
+                idempotency_key=idempotency_key(intent.rollout_id),
+                domains=(),
+                paths=paths,
+                targets=plan.targets,
+                known_requests=tuple(sorted(plan.requests.items())),
+                not_before=intent.started_at,
+            )
+        provider = self._provider(cfg.provider)
+        domains = self._domains(dep, cfg) if dep is not None else list(cfg.domains)
         if not domains and not cfg.distribution_id and not cfg.zone:
-            raise PurgeError("NoDomain", NO_DOMAIN, retryable=False)
+            raise PurgeError(NO_DOMAINS, NO_DOMAIN, retryable=False)
         return provider, PurgeRequest(
             app=cfg.app,
             namespace=self._namespace,
@@ -223,7 +267,40 @@ class PurgeRunner:
             paths=tuple(cfg.paths),
             distribution_id=cfg.distribution_id,
             zone=cfg.zone,
+            not_before=intent.started_at,
         )
+
+    def _record_plan(
+        self, cfg: AppConfig, intent: Intent, provider: Provider, request: PurgeRequest
+    ) -> tuple[Intent, PurgeRequest] | None:
+        """Resolve the targets and write the plan into the PURGING intent before any CDN call
+        (None: the ledger moved on, this purge is not ours to make)."""
+        targets = provider.plan(request)
+        plan = PurgePlan.of(provider.name, targets, request.paths)
+        planned = replace(intent, plan=plan)
+        if not self._update_intent(cfg, intent, planned):
+            return None
+        return planned, replace(request, targets=targets, domains=())
+
+    def _update_intent(self, cfg: AppConfig, intent: Intent, new: Intent) -> bool:
+        """Compare-and-set the app's intent (same rollout, still PURGING) to `new`."""
+        for _ in range(5):
+            current = self._ledger.get(cfg.app)
+            cur = current.intent
+            if cur is None or cur.rollout_id != intent.rollout_id:
+                return False
+            if cur.state is not IntentState.PURGING:
+                return False
+            merged = new
+            if cur.plan is not None and new.plan is not None:
+                # Request ids learned meanwhile are kept.
+                merged = replace(
+                    new, plan=replace(new.plan, requests={**cur.plan.requests, **new.plan.requests})
+                )
+            if self._ledger.compare_and_set(cfg.app, current, replace(current, intent=merged)):
+                return True
+            self._ledger.load()
+        return False
 
     def _purge_once(
         self,
@@ -247,18 +324,33 @@ class PurgeRunner:
                 log.info("purge.not_leader", **fields)
                 return
             provider, request = self._request(dep, cfg, intent)
+            replay = intent.plan is not None
+            if not replay:
+                planned = self._record_plan(cfg, intent, provider, request)
+                if planned is None:
+                    log.info("purge.superseded_in_ledger", **fields)
+                    return
+                intent, request = planned
             if halt.is_set():  # re-checked right before the CDN call
                 log.info("purge.not_leader", **fields)
                 return
             log.info(
                 LogEvent.PURGE_REQUESTED,
                 domains=list(request.domains),
-                paths=list(cfg.paths),
+                targets=list(request.targets),
+                paths=list(request.paths),
+                replay=replay,
+                attempt=intent.attempt,
                 **fields,
             )
             if completed_at is not None:
                 self._metrics.purge_latency.labels(app=cfg.app).set(self._clock() - completed_at)
-            result = provider.purge(request, timeout=self._invalidation_timeout, stop=halt)
+            result = provider.purge(
+                request,
+                timeout=self._invalidation_timeout,
+                stop=halt,
+                on_requested=self._on_requested(cfg, intent),
+            )
             if halt.is_set():
                 # Shutting down mid-wait: the PURGING intent stays in the ledger and the next
                 # leader resumes with the same key (CloudFront returns this invalidation).
@@ -281,6 +373,9 @@ class PurgeRunner:
                 )
                 self._count(cfg, "retry")
                 return
+            if exc.code == NO_DOMAINS:
+                self._skip(name, cfg, intent, exc, fields)
+                return
             log.error(LogEvent.PURGE_FAILED, error=exc.code, message=exc.message, **fields)
             self._count(cfg, "failed")
             detail = PurgeDetail(error=exc.code, message=exc.message[:300])
@@ -291,9 +386,19 @@ class PurgeRunner:
             delay = self._back_off(name)
             log.exception("purge.error", error=str(exc)[:300], retry_in=delay, **fields)
             return
+        self._done(name, cfg, intent, result, fields)
+
+    def _done(
+        self, name: str, cfg: AppConfig, intent: Intent, result: PurgeResult, fields: dict[str, Any]
+    ) -> None:
         self._retries.pop(name, None)
         self._count(cfg, result.status)
         self._metrics.rollouts.labels(app=cfg.app, result="purged").inc()
+        if result.reused:
+            # The CDN answered with the request an earlier attempt (or leader) made.
+            log.info(
+                LogEvent.PURGE_REUSED, target=result.target, request_id=result.request_id, **fields
+            )
         log.info(
             LogEvent.PURGE_DONE,
             target=result.target,
@@ -306,6 +411,87 @@ class PurgeRunner:
         settled = self._settle(cfg, intent, after_purge, purge_detail(result, intent))
         if settled is not None:
             self._notifier.deliver_then_mark(name, cfg, settled)
+
+    def _on_requested(self, cfg: AppConfig, intent: Intent) -> Callable[[str, str], None]:
+        """Record each CDN request id in the intent's plan as soon as the CDN answers, so a
+        successor confirms it instead of searching for it."""
+
+        def record(target: str, request_id: str) -> None:
+            current = self._ledger.get(cfg.app).intent
+            if current is None or current.plan is None:
+                return
+            if current.plan.requests.get(target) == request_id:
+                return
+            self._update_intent(
+                cfg, intent, replace(current, plan=current.plan.with_request(target, request_id))
+            )
+
+        return record
+
+    def _skip(
+        self, name: str, cfg: AppConfig, intent: Intent, exc: PurgeError, fields: dict[str, Any]
+    ) -> None:
+        """Nothing to purge for this app: settled SKIPPED (not a failure), warned once per app;
+        only hooks subscribed to `skipped` hear of it."""
+        self._retries.pop(name, None)
+        first = cfg.app not in self._warned_skip
+        self._warned_skip.add(cfg.app)
+        (log.warning if first else log.info)(
+            LogEvent.PURGE_SKIPPED, reason=exc.code, message=exc.message, **fields
+        )
+        self._count(cfg, "skipped")
+        self._metrics.rollouts.labels(app=cfg.app, result="skipped").inc()
+        detail = PurgeDetail(
+            error=exc.code,
+            message=exc.message[:300],
+            from_image=intent.from_image or "",
+            webhooks=WebhookState.PENDING,
+        )
+        settled = self._settle(cfg, intent, after_skipped, detail)
+        if settled is not None:
+            self._notifier.deliver_then_mark(name, cfg, settled)
+
+    def _confirm_or_fold(self, name: str, cfg: AppConfig, intent: Intent) -> None:
+        fields = {
+            "app": cfg.app,
+            "image": intent.image,
+            "cluster": self._cluster,
+            "rollout": intent.rollout_id,
+            "attempt": intent.attempt,
+        }
+        halt = _WhileLeading(self._stop, self._leading_for, self._margin)
+        try:
+            if halt.is_set():
+                return
+            if intent.plan is None:
+                # The purge never got as far as its plan: no CDN call was made.
+                result = None
+            else:
+                provider, request = self._request(None, cfg, intent)
+                result = provider.find(request, timeout=self._invalidation_timeout, stop=halt)
+            if halt.is_set():
+                return
+            if result is not None:
+                self._done(name, cfg, intent, result, fields)
+                return
+            for _ in range(5):
+                current = self._ledger.get(cfg.app)
+                if current.intent is None or current.intent.rollout_id != intent.rollout_id:
+                    return
+                if self._ledger.compare_and_set(cfg.app, current, fold(current, current.intent)):
+                    log.info(LogEvent.ROLLOUT_FOLDED, **fields)
+                    return
+                self._ledger.load()
+        except PurgeError as exc:
+            delay = self._back_off(name)
+            log.warning(
+                LogEvent.PURGE_RETRY, error=exc.code, message=exc.message, retry_in=delay, **fields
+            )
+        except Exception as exc:
+            delay = self._back_off(name)
+            log.exception("purge.error", error=str(exc)[:300], retry_in=delay, **fields)
+        finally:
+            self._mark(name, None)
 
     def _count(self, cfg: AppConfig, outcome: str) -> None:
         self._metrics.purges.labels(app=cfg.app, provider=cfg.provider, outcome=outcome).inc()
@@ -337,6 +523,7 @@ class PurgeRunner:
 def purge_detail(result: PurgeResult, intent: Intent) -> PurgeDetail:
     """What a settled purge records; its webhooks are owed until marked delivered."""
     return PurgeDetail(
+        reused=result.reused,
         provider=result.provider,
         target=result.target,
         request_id=result.request_id,

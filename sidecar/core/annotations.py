@@ -17,14 +17,17 @@ from typing import Any
 
 from sidecar.core.grammar import (
     ANNOTATION_PREFIX,
+    DURATION_HINT,
     LABEL_VALUE_HINT,
     Probe,
     is_label_value,
     parse_domain,
+    parse_duration,
     parse_probe,
     parse_version_url,
     parse_zone_id,
 )
+from sidecar.core.images import ImageRefError, parse_image
 
 __all__ = [
     "AnnotationError",
@@ -46,6 +49,8 @@ ZONE = PREFIX + "zone"
 CONTAINER = PREFIX + "container"
 WEBHOOKS = PREFIX + "webhooks"
 PURGE_ON_ROLLBACK = PREFIX + "purge-on-rollback"
+WAIT_FOR_OLD_PODS = PREFIX + "wait-for-old-pods"
+OLD_PODS_TIMEOUT = PREFIX + "old-pods-timeout"
 # On the pod template (the reporter reads them through the Downward API).
 PROBE = PREFIX + "probe"
 VERSION_URL = PREFIX + "version-url"
@@ -60,6 +65,8 @@ DEPLOYMENT_ANNOTATIONS = (
     CONTAINER,
     WEBHOOKS,
     PURGE_ON_ROLLBACK,
+    WAIT_FOR_OLD_PODS,
+    OLD_PODS_TIMEOUT,
 )
 POD_TEMPLATE_ANNOTATIONS = (PROBE, VERSION_URL)
 
@@ -70,6 +77,8 @@ DEFAULT_PATHS = ("/*",)
 # CloudFront accepts at most 3000 paths per invalidation.
 MAX_PATHS = 3000
 NO_WEBHOOKS = "none"
+# `wait-for-old-pods`: how long past kubectl's verdict we wait for old pods to go.
+DEFAULT_OLD_PODS_TIMEOUT = 300.0
 
 # CloudFront ids are upper-case letters and digits (AWS examples: E2QWRUHAPOMQZL).
 _DISTRIBUTION_ID = re.compile(r"^[A-Z0-9]{10,20}$")
@@ -117,6 +126,10 @@ class AppConfig:
     # Extra hook names from the webhooks config, or ("none",) to turn every hook off.
     webhooks: tuple[str, ...] = ()
     purge_on_rollback: bool = False
+    # Opt-in: after kubectl's verdict, also wait until no pod of an older ReplicaSet is live
+    # (a draining old pod can re-cache the old version), at most `old_pods_timeout` seconds.
+    wait_for_old_pods: bool = False
+    old_pods_timeout: float = DEFAULT_OLD_PODS_TIMEOUT
     # Pod template annotations (sidecar mode), validated here so errors are reported once.
     probe: Probe | None = None
     version_url: str | None = None
@@ -180,6 +193,9 @@ def _paths(value: str) -> tuple[str, ...]:
             raise AnnotationError(PATHS, f'{json.dumps(p)} must start with "/"')
         if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in p):
             raise AnnotationError(PATHS, f"{json.dumps(p)} contains whitespace or control chars")
+        # CloudFront's rule, the strictest of the CDNs: a wildcard only as the last character.
+        if "*" in p[:-1]:
+            raise AnnotationError(PATHS, f'{json.dumps(p)}: "*" is allowed only at the end')
     if len(paths) > MAX_PATHS:
         raise AnnotationError(PATHS, f"{len(paths)} paths; at most {MAX_PATHS} per purge")
     return tuple(paths)
@@ -267,6 +283,11 @@ def _app_config(deployment: Mapping[str, Any]) -> AppConfig:
     cname = container.get("name")
     if not isinstance(image, str) or not image or not isinstance(cname, str):
         raise AnnotationError("", f"container {cname} has no image")
+    try:
+        parse_image(image)
+    except ImageRefError as e:
+        # Reported once as the app's configuration error (docs/architecture.md, guarantee 5).
+        raise AnnotationError("", f"container {cname}: {e}") from None
 
     webhooks: tuple[str, ...] = ()
     if WEBHOOKS in ann:
@@ -284,6 +305,18 @@ def _app_config(deployment: Mapping[str, Any]) -> AppConfig:
     purge_on_rollback = (
         _bool(PURGE_ON_ROLLBACK, ann[PURGE_ON_ROLLBACK]) if PURGE_ON_ROLLBACK in ann else False
     )
+
+    wait_for_old_pods = (
+        _bool(WAIT_FOR_OLD_PODS, ann[WAIT_FOR_OLD_PODS]) if WAIT_FOR_OLD_PODS in ann else False
+    )
+    old_pods_timeout = DEFAULT_OLD_PODS_TIMEOUT
+    if OLD_PODS_TIMEOUT in ann:
+        try:
+            old_pods_timeout = parse_duration(ann[OLD_PODS_TIMEOUT])
+        except ValueError:
+            raise AnnotationError(
+                OLD_PODS_TIMEOUT, f"{json.dumps(ann[OLD_PODS_TIMEOUT])} is not {DURATION_HINT}"
+            ) from None
 
     template_ann = _annotations((deployment.get("spec") or {}).get("template"))
     probe = None
@@ -316,6 +349,8 @@ def _app_config(deployment: Mapping[str, Any]) -> AppConfig:
         zone=zone,
         webhooks=webhooks,
         purge_on_rollback=purge_on_rollback,
+        wait_for_old_pods=wait_for_old_pods,
+        old_pods_timeout=old_pods_timeout,
         probe=probe,
         version_url=version_url,
         unknown_annotations=unknown,

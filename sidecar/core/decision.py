@@ -14,7 +14,12 @@ The rules (docs/architecture.md, "Decision rules"):
 - first sight: a complete Deployment with no ledger entry is a baseline; one whose image
   differs from the settled one was rolled out while we were down and purges; one seen
   mid-rollout is followed from the settled image, or from its old ReplicaSet's image;
-- stalled, paused and waiting rollouts are never final.
+- stalled, paused and waiting rollouts are never final;
+- a completed rollout whose purge was never requested when a newer rollout is found is folded
+  into the newer one: it purges once, with the newer, or under its own id if the newer one
+  fails, is rolled back or passes `ROLLOUT_TIMEOUT`;
+- every attempt of a rollout id is numbered: a retry of an image that failed before is a new
+  attempt of the same rollout (same CDN key, its own webhook ids and timeout report).
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ class Verdict(enum.StrEnum):
 
     NO_IMAGE = "no_image"
     RESUMING = "resuming"  # a PURGING intent is finished
+    # A PURGING intent whose Deployment has moved to another image and whose CDN request is
+    # not known to exist: the purge runner confirms it (the CDN's lookup) or folds it.
+    RESUMING_SUPERSEDED = "resuming_superseded"
+    PURGE_DEFERRED = "purge_deferred"  # a folded rollout purges under its own id
     BASELINE = "baseline"  # first sight of a complete Deployment
     FIRST_SIGHT_MID_ROLLOUT = "first_sight_mid_rollout"
     SETTLED = "settled"
@@ -56,6 +65,8 @@ class Decision:
     failed: Failure | None  # a rollout that ended without completing, to report
     reason: str
     verdict: Verdict
+    # The intent that `failed` ended (its attempt and start image, for the report).
+    failed_intent: Intent | None = None
 
 
 def _same(a: str, b: str) -> bool:
@@ -70,6 +81,7 @@ def decide(
     record: AppRecord,
     purge_on_rollback: bool,
     now: float,
+    rollout_timeout: float | None = None,
 ) -> Decision:
     original = record
     target = observation.image
@@ -79,13 +91,34 @@ def decide(
     intent = record.intent
     if intent is not None and intent.state is IntentState.PURGING:
         # The rollout completed and its purge was requested or about to be: finish it with the
-        # same id, whatever changed since (docs/architecture.md, guarantee 3; CloudFront
-        # dedupes by CallerReference).
+        # same id (docs/architecture.md, guarantee 3; the CDN dedupes by its key). Unless the
+        # Deployment has moved on and the request may never have been made: then purging now
+        # would purge while old and new pods are mixed (rule 11).
+        if (
+            not _same(intent.image, target)
+            and not intent.folded
+            and not (intent.plan is not None and intent.plan.requests)
+        ):
+            return Decision(
+                None,
+                intent,
+                None,
+                "a completed rollout's purge, found during a newer rollout: confirm or fold",
+                Verdict.RESUMING_SUPERSEDED,
+            )
         return Decision(
             None, intent, None, "resuming the purge of a completed rollout", Verdict.RESUMING
         )
 
+    deferred = record.deferred
+    if deferred is not None and _same(deferred.image, target):
+        # Back to the folded rollout's image: it is that rollout again (same id), followed
+        # and purged as any other.
+        record = replace(record, deferred=None)
+        deferred = None
+
     failure: Failure | None = None
+    failed_intent: Intent | None = None
     if intent is not None and not _same(intent.image, target):
         settled = record.settled
         rolled_back = settled is not None and _same(target, settled.image)
@@ -96,18 +129,32 @@ def decide(
             at=now,
         )
         record = replace(record, intent=None, last_failure=failure)
+        failed_intent = intent
         intent = None
+        if deferred is not None:
+            # The rollout the folded one waited for failed: purge the folded one now.
+            release = replace(deferred, state=IntentState.PURGING)
+            return Decision(
+                replace(record, intent=release, deferred=None),
+                release,
+                failure,
+                f"{failure.reason} before completing: purging the folded rollout",
+                Verdict.PURGE_DEFERRED,
+                failed_intent,
+            )
         if rolled_back and purge_on_rollback and settled is not None:
             # The failed version may have been cached: purge once the rollback completes.
+            rid = rollout_id(group, app, target, settled.rollout_id)
             intent = Intent(
                 image=target,
-                rollout_id=rollout_id(group, app, target, settled.rollout_id),
+                rollout_id=rid,
                 from_image=failure.image,
                 state=IntentState.FOLLOWING,
                 started_at=now,
                 rollback=True,
+                attempt=record.attempt_of(rid),
             )
-            record = replace(record, intent=intent)
+            record = replace(record, intent=intent).with_attempt(rid, intent.attempt)
 
     def unchanged_or(rec: AppRecord) -> AppRecord | None:
         return None if rec == original else rec
@@ -128,6 +175,7 @@ def decide(
                     failure,
                     "first sight: baseline",
                     Verdict.BASELINE,
+                    failed_intent,
                 )
             start = observation.previous_image
             if start is None or _same(start, target):
@@ -137,20 +185,25 @@ def decide(
                     failure,
                     "first sight mid-rollout without an earlier image: baseline once complete",
                     Verdict.FIRST_SIGHT_MID_ROLLOUT,
+                    failed_intent,
                 )
             previous_id = None
         elif _same(target, settled.image):
-            return Decision(unchanged_or(record), None, failure, "settled", Verdict.SETTLED)
+            return Decision(
+                unchanged_or(record), None, failure, "settled", Verdict.SETTLED, failed_intent
+            )
         else:
             start, previous_id = settled.image, settled.rollout_id
+        rid = rollout_id(group, app, target, previous_id)
         intent = Intent(
             image=target,
-            rollout_id=rollout_id(group, app, target, previous_id),
+            rollout_id=rid,
             from_image=start,
             state=IntentState.FOLLOWING,
             started_at=now,
+            attempt=record.attempt_of(rid),
         )
-        record = replace(record, intent=intent)
+        record = replace(record, intent=intent).with_attempt(rid, intent.attempt)
 
     if observation.status.complete:
         purging = replace(intent, state=IntentState.PURGING)
@@ -158,12 +211,41 @@ def decide(
             replace(record, intent=purging),
             purging,
             failure,
-            "rollout complete: purge",
+            "rollout complete: purge" + (f" ({observation.note})" if observation.note else ""),
             Verdict.PURGE,
+            failed_intent,
+        )
+    if (
+        deferred is not None
+        and rollout_timeout is not None
+        and now - intent.started_at >= rollout_timeout
+    ):
+        # The newer rollout is taking longer than ROLLOUT_TIMEOUT: the folded one has waited
+        # enough. It purges now under its own id; the newer one is followed again after.
+        release = replace(deferred, state=IntentState.PURGING)
+        return Decision(
+            replace(record, intent=release, deferred=None),
+            release,
+            failure,
+            "the newer rollout passed ROLLOUT_TIMEOUT: purging the folded rollout",
+            Verdict.PURGE_DEFERRED,
+            failed_intent,
         )
     return Decision(
-        unchanged_or(record), None, failure, observation.status.message, Verdict.WAITING
+        unchanged_or(record),
+        None,
+        failure,
+        observation.status.message,
+        Verdict.WAITING,
+        failed_intent,
     )
+
+
+def fold(record: AppRecord, intent: Intent) -> AppRecord:
+    """`intent` completed, but its purge was never requested and a newer rollout is under way:
+    keep it aside to purge once with the newer one (rule 11)."""
+    folded = replace(intent, folded=True)
+    return replace(record, intent=None, deferred=folded)
 
 
 def after_purge(record: AppRecord, intent: Intent, now: float, detail: PurgeDetail) -> AppRecord:
@@ -179,8 +261,18 @@ def after_failed_purge(
     return _settle(record, intent, Outcome.FAILED, now, detail)
 
 
+def after_skipped(record: AppRecord, intent: Intent, now: float, detail: PurgeDetail) -> AppRecord:
+    """Nothing to purge (no domain, nothing routed to a CDN): settled on purpose, not failed."""
+    return _settle(record, intent, Outcome.SKIPPED, now, detail)
+
+
 def _settle(
     record: AppRecord, intent: Intent, outcome: Outcome, now: float, detail: PurgeDetail
 ) -> AppRecord:
+    """The intent settles; a rollout folded into it (rule 11) settles with it. Attempt counts
+    are dropped: every rollout id after this one derives from it and is new."""
+    if record.deferred is not None and record.deferred.rollout_id != intent.rollout_id:
+        detail = replace(detail, folded=record.deferred.rollout_id)
+    detail = replace(detail, attempt=intent.attempt)
     settled = Settled(intent.image, intent.rollout_id, outcome, now, detail)
-    return replace(record, settled=settled, intent=None)
+    return replace(record, settled=settled, intent=None, deferred=None, attempts={})

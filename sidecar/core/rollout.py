@@ -43,6 +43,8 @@ class Waiting(enum.Enum):
     AVAILABLE_REPLICAS = "available_replicas"
     NEW_REPLICASET = "new_replicaset"  # sidecar mode: the new ReplicaSet is not in the cache
     POD_REPORTS = "pod_reports"  # sidecar mode: not every new pod reports ready
+    PODS = "pods"  # the pod watch has not listed the namespace's pods yet
+    OLD_PODS = "old_pods"  # `wait-for-old-pods`: a pod of an older ReplicaSet is still live
 
 
 @dataclass(frozen=True)
@@ -201,33 +203,98 @@ def tag_matches_version(image: str, version: str | None) -> bool:
 
 
 @dataclass(frozen=True)
+class Pod:
+    """A pod as the pod watch keeps it: only what binds a report to a real pod."""
+
+    name: str
+    uid: str
+    template_hash: str
+    # metadata.deletionTimestamp is set: the pod is shutting down. Since Kubernetes 1.29 its
+    # sidecar (the reporter) is stopped after the app, so it keeps reporting until then; its
+    # reports neither count nor block (docs/architecture.md, decision rule 3).
+    terminating: bool
+
+
+def pod_of(obj: Obj) -> Pod:
+    """A `Pod` from a (trimmed) pod dict."""
+    meta = _get(obj, "metadata", default={})
+    return Pod(
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+        template_hash=str((meta.get("labels") or {}).get(TEMPLATE_HASH_LABEL) or ""),
+        terminating=bool(meta.get("deletionTimestamp")),
+    )
+
+
+@dataclass(frozen=True)
 class ReportCount:
     ready: int
-    desired: int
+    # Live new pods (at least the desired replicas): each must report ready.
+    needed: int
     problems: tuple[str, ...]
 
     @property
     def satisfied(self) -> bool:
-        return self.ready >= self.desired
+        return self.ready >= self.needed
 
 
 def count_reports(
-    template_hash: str, desired: int, image: str, reports: Sequence[Report]
+    template_hash: str,
+    desired: int,
+    image: str,
+    reports: Sequence[Report],
+    pods: Sequence[Pod],
 ) -> ReportCount:
-    """Sidecar mode: live, non-terminating reports of the new ReplicaSet's pods whose probe
-    passes (and whose version endpoint, if any, serves the image's tag)."""
+    """Sidecar mode: a report counts only for a live pod of the new ReplicaSet (name and uid
+    from the pod watch, no deletion timestamp) whose probe passes and whose version endpoint,
+    if any, serves the image's tag. Every such pod must count, and at least `desired` of them:
+    a record under a pod name that does not exist, or left by a killed pod, counts for nothing
+    (docs/architecture.md, decision rule 3)."""
+    live = sorted(
+        (p for p in pods if p.template_hash == template_hash and not p.terminating),
+        key=lambda p: p.name,
+    )
+    by_pod = {r.pod: r for r in reports}
     ready = 0
     problems: list[str] = []
-    for r in reports:
-        if r.template_hash != template_hash or r.terminating:
-            continue
-        if not r.probe_ok:
-            problems.append(f"{r.pod}: probe failing")
+    for pod in live:
+        r = by_pod.get(pod.name)
+        if r is None:
+            problems.append(f"{pod.name}: no report")
+        elif r.uid != pod.uid:
+            problems.append(f"{pod.name}: report from another pod (uid {r.uid or 'not set'})")
+        elif r.template_hash != template_hash:
+            problems.append(f"{pod.name}: report for another template")
+        elif not r.probe_ok:
+            problems.append(f"{pod.name}: probe failing")
         elif not tag_matches_version(image, r.version):
-            problems.append(f"{r.pod}: serves version {r.version!r}")
+            problems.append(f"{pod.name}: serves version {r.version!r}")
         else:
             ready += 1
-    return ReportCount(ready=ready, desired=desired, problems=tuple(problems))
+    return ReportCount(ready=ready, needed=max(desired, len(live)), problems=tuple(problems))
+
+
+def old_pods_live(
+    deployment: Obj, replicasets: Iterable[Obj], pods: Sequence[Pod] | None
+) -> int | None:
+    """Pods of the Deployment's older ReplicaSets that still exist, terminating ones included.
+    Where the API reports `status.terminatingReplicas` (Kubernetes 1.35+) on every old
+    ReplicaSet, that count needs no pod watch; otherwise the pod watch's (None: not listed)."""
+    rs_list = [rs for rs in replicasets if owned_by(rs, deployment)]
+    new = new_replicaset(deployment, rs_list)
+    new_uid = _get(new, "metadata", "uid") if new else None
+    old = [rs for rs in rs_list if _get(rs, "metadata", "uid") != new_uid]
+    if all(_get(rs, "status", "terminatingReplicas") is not None for rs in old):
+        return sum(
+            int(_get(rs, "status", "replicas", default=0) or 0)
+            + int(_get(rs, "status", "terminatingReplicas", default=0) or 0)
+            for rs in old
+        )
+    if pods is None:
+        return None
+    hashes = {_get(rs, "metadata", "labels", TEMPLATE_HASH_LABEL) for rs in old}
+    hashes.discard(None)
+    return sum(1 for p in pods if p.template_hash in hashes)
 
 
 @dataclass(frozen=True)
@@ -239,6 +306,9 @@ class Observation:
     previous_image: str | None  # newest old ReplicaSet's image (used only without a ledger)
     new_rs_hash: str | None
     desired: int
+    # Set when the verdict was given despite something still pending (old pods past the
+    # `old-pods-timeout`): logged and reported with the purge.
+    note: str | None = None
 
 
 def observe(
@@ -247,8 +317,17 @@ def observe(
     *,
     container: str | None = None,
     reports: Sequence[Report] | None = None,
+    pods: Sequence[Pod] | None = None,
+    wait_for_old_pods: bool = False,
+    complete_for: float = 0.0,
+    old_pods_timeout: float = 0.0,
 ) -> Observation:
-    """Combine the API's rollout status with (in sidecar mode, `reports` given) the pods'."""
+    """Combine the API's rollout status with (in sidecar mode, `reports` given) the pods'.
+
+    `pods` is the pod watch's view of the namespace (None: not listed yet). With
+    `wait_for_old_pods`, a complete rollout also waits until no pod of an older ReplicaSet is
+    live, unless it has been complete for `old_pods_timeout` seconds (`complete_for`, measured
+    by the caller from the first complete verdict): then it is complete with a `note`."""
     rs_list = list(replicasets)
     image = container_image(_get(deployment, "spec", "template", "spec", default={}), container)
     status = rollout_status(deployment)
@@ -266,15 +345,29 @@ def observe(
                 "waiting for the new ReplicaSet to be observed",
                 Waiting.NEW_REPLICASET,
             )
+        elif pods is None:
+            status = Status(Phase.WAITING, "waiting for the pod list", Waiting.PODS)
         else:
-            count = count_reports(new_hash, desired, image or "", reports)
+            count = count_reports(new_hash, desired, image or "", reports, pods)
             if not count.satisfied:
                 detail = f" ({'; '.join(count.problems[:3])})" if count.problems else ""
                 status = Status(
                     Phase.WAITING,
-                    f"waiting for pod reports: {count.ready} of {desired} new pods report "
-                    f"ready{detail}",
+                    f"waiting for pod reports: {count.ready} of {count.needed} new pods "
+                    f"report ready{detail}",
                     Waiting.POD_REPORTS,
+                )
+    note = None
+    if status.complete and wait_for_old_pods:
+        old = old_pods_live(deployment, rs_list, pods)
+        if old is None or old > 0:
+            what = "the pod list" if old is None else f"{old} old pods to terminate"
+            if complete_for < old_pods_timeout:
+                status = Status(Phase.WAITING, f"waiting for {what}", Waiting.OLD_PODS)
+            else:
+                note = (
+                    f"purging after waiting {complete_for:.0f}s for {what} "
+                    "(cache-buster.io/old-pods-timeout)"
                 )
     return Observation(
         image=image,
@@ -282,4 +375,5 @@ def observe(
         previous_image=previous_image(deployment, rs_list, container),
         new_rs_hash=new_hash,
         desired=desired,
+        note=note,
     )

@@ -36,6 +36,9 @@ class Report:
     terminating: bool
     # The reporter's clock at its last heartbeat; not part of what the report says.
     updated_at: float = field(default=0.0, compare=False)
+    # The pod's metadata.uid as the reporter was told it (POD_UID); a report counts only for
+    # the live pod with this name and uid (docs/architecture.md, decision rule 3).
+    uid: str = ""
 
 
 def report_key(namespace: str, pod: str) -> str:
@@ -84,6 +87,7 @@ class ReportRecord:
             version=self.version,
             terminating=self.terminating,
             updated_at=self.updated_at,
+            uid=self.uid,
         )
 
 
@@ -108,6 +112,7 @@ def decode_report(raw: str | bytes | None) -> Report | None:
             version=None if version is None else str(version),
             terminating=bool(doc.get("terminating", False)),
             updated_at=float(doc.get("updated_at") or 0.0),
+            uid=str(doc.get("uid") or ""),
         )
     except (ValueError, KeyError, TypeError):
         return None

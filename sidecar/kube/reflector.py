@@ -67,6 +67,8 @@ def trim_deployment(obj: Mapping[str, Any]) -> Obj:
             "uid": meta.get("uid"),
             "generation": meta.get("generation"),
             "resourceVersion": meta.get("resourceVersion"),
+            # the tie-break when two Deployments claim one app key
+            "creationTimestamp": meta.get("creationTimestamp"),
             "labels": dict(meta.get("labels") or {}),
             "annotations": _ours(meta.get("annotations")),
         },
@@ -88,6 +90,8 @@ def trim_deployment(obj: Mapping[str, Any]) -> Obj:
             "updatedReplicas": status.get("updatedReplicas"),
             "readyReplicas": status.get("readyReplicas"),
             "availableReplicas": status.get("availableReplicas"),
+            # Kubernetes 1.35+; absent (None) on older servers
+            "terminatingReplicas": status.get("terminatingReplicas"),
             "conditions": _conditions(status),
         },
         "_template_key": template_key(template),
@@ -126,8 +130,25 @@ def trim_replicaset(obj: Mapping[str, Any]) -> Obj:
         "status": {
             "replicas": status.get("replicas"),
             "availableReplicas": status.get("availableReplicas"),
+            "terminatingReplicas": status.get("terminatingReplicas"),
         },
         "_template_key": template_key(template),
+    }
+
+
+def trim_pod(obj: Mapping[str, Any]) -> Obj:
+    """What binds a report to a real pod: name, uid, template hash, deletion timestamp."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+            "labels": {TEMPLATE_HASH_LABEL: labels.get(TEMPLATE_HASH_LABEL)},
+            "deletionTimestamp": meta.get("deletionTimestamp"),
+        }
     }
 
 

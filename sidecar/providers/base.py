@@ -3,14 +3,24 @@
 A provider turns one rollout into one purge. Idempotency is the provider's job where the CDN
 offers it (CloudFront's CallerReference); the caller guarantees the same `idempotency_key` for
 every retry of one rollout, and a different one for every rollout.
+
+A replay (a resume after a crash, a failover, a lost reply) must never turn into a failure nor
+into a second purge, so the caller can record, before and during the purge, what a replay
+needs: `plan()` names the targets without touching the CDN, `on_requested` reports each request
+id as soon as the CDN gives it, and the replay passes them back (`targets`, `known_requests`,
+`not_before`).
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
+
+# on_requested(target, request id): called once per target as soon as the CDN named the request.
+OnRequested = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,20 @@ class PurgeRequest:
     # Explicit target overrides (annotations `distribution-id`, `zone`); None means look it up.
     distribution_id: str | None = None
     zone: str | None = None
+    # What a replay recorded of the earlier attempt (all empty on a first attempt).
+    # The targets (`plan()`'s CloudFront distribution ids): when non-empty the provider purges
+    # exactly these without resolving domains, so a changed alias or annotation cannot move
+    # the key to another distribution.
+    targets: tuple[str, ...] = ()
+    # (target, request id) pairs recorded through `on_requested`: confirmed first.
+    known_requests: tuple[tuple[str, str], ...] = ()
+    # Unix time the intent was recorded: a CDN request created before it (less the provider's
+    # clock-skew allowance) is not this rollout's.
+    not_before: float | None = None
+
+    def known_request(self, target: str) -> str | None:
+        """The request id recorded for `target` by an earlier attempt, if any."""
+        return next((rid for t, rid in self.known_requests if t == target), None)
 
 
 class PurgeStatus(StrEnum):
@@ -46,18 +70,25 @@ class PurgeResult:
     request_id: str
     # A PurgeStatus when a provider made it; a plain str when read back from the ledger.
     status: str
+    # What the CDN says it invalidated (a replay's earlier request may differ from the request).
     paths: tuple[str, ...]
     requested_at: float
     finished_at: float
-    # True when the CDN answered with an already existing request for the same key.
+    # True when the request was made by an earlier attempt with the same key (the CDN answered
+    # with it, or refused the replay and the provider found it).
     reused: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+
+
+# The code of the one PurgeError that is not a failure: the app has no domain, so nothing to
+# purge (the aggregator settles it SKIPPED).
+NO_DOMAINS = "NoDomains"
 
 
 class PurgeError(Exception):
     """A purge that did not happen. `retryable` errors may succeed later with the same key
     (throttling past the deadline, a network error); the others need a person (access denied,
-    unknown distribution, no domain matched, a key reused with other paths)."""
+    unknown distribution, no domain matched, a key whose earlier request cannot be found)."""
 
     def __init__(self, code: str, message: str, *, retryable: bool) -> None:
         super().__init__(f"{code}: {message}")
@@ -69,9 +100,30 @@ class PurgeError(Exception):
 class Provider(Protocol):
     name: str
 
+    def plan(
+        self, request: PurgeRequest, *, timeout: float = 30.0, stop: threading.Event | None = None
+    ) -> tuple[str, ...]:
+        """The targets `purge(request)` would hit, found without any mutating call, so the caller
+        can record them durably first. Raises PurgeError as `purge` does when there is none."""
+        ...
+
     def purge(
-        self, request: PurgeRequest, *, timeout: float, stop: threading.Event | None = None
+        self,
+        request: PurgeRequest,
+        *,
+        timeout: float,
+        stop: threading.Event | None = None,
+        on_requested: OnRequested | None = None,
     ) -> PurgeResult:
         """Request the purge and wait (at most `timeout` seconds, or until `stop` is set) for
-        the CDN to confirm it. Raises PurgeError when the purge was not requested."""
+        the CDN to confirm it. `on_requested(target, request id)` is called as soon as each
+        request exists, before the wait. Raises PurgeError when the purge was not requested."""
+        ...
+
+    def find(
+        self, request: PurgeRequest, *, timeout: float, stop: threading.Event | None = None
+    ) -> PurgeResult | None:
+        """The purge an earlier attempt with this request's key made on every target, waited
+        for as `purge` waits (`reused`), with no mutating call; None when it was not made
+        everywhere. Raises PurgeError when the CDN cannot be asked."""
         ...

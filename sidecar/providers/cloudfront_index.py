@@ -1,9 +1,11 @@
 """CloudFront lookup: which distribution serves a domain (pure matching plus a shared cache).
 
-- Matching: an exact alias first, then a wildcard alias (`*.example.com` covers
-  `www.example.com`, not `example.com` nor `a.b.example.com`). Hosts compare case-blind and
-  without a trailing dot. One alias on two distributions (CloudFront refuses it, an emulator
-  may not): the lowest id wins, so the answer is determinate.
+- Matching, as CloudFront routes a request: an exact alias first, then the most specific
+  (longest) wildcard alias. `*.example.com` covers every name with one or more labels in front
+  of `example.com` (`www.example.com`, `marketing.product-name.example.com`: AWS's own
+  example), not `example.com` itself; `*.b.example.com` beats it for `a.b.example.com`. Hosts
+  compare case-blind and without a trailing dot. One alias on two distributions (CloudFront
+  refuses it, an emulator may not): the lowest id wins, so the answer is determinate.
 - Listing: every page of ListDistributions (`list_distributions`, given the client and the
   caller's retrying call), guarded against a repeated marker.
 - Cache: the last listing, shared by every purge of the process, kept `ttl` seconds and listed
@@ -62,17 +64,21 @@ class AliasIndex:
         if exact:
             # CloudFront refuses one alias on two distributions; lowest id keeps it determinate.
             return exact[0]
-        label, dot, parent = host.partition(".")
-        # A wildcard alias covers exactly one label: *.example.com has www.example.com, but not
-        # example.com (no label) nor a.b.example.com (two labels).
-        if not dot or not label or not parent or label == "*":
+        labels = host.split(".")
+        if "" in labels:  # "a..example.com": not a name CloudFront would route
             return None
-        wildcard = self._index.get(f"*.{parent}")
-        return wildcard[0] if wildcard else None
+        # A wildcard covers one or more labels in front of its parent: try the nearest parent
+        # first, so the most specific wildcard wins (*.b.example.com before *.example.com).
+        for start in range(1, len(labels)):
+            wildcard = self._index.get("*." + ".".join(labels[start:]))
+            if wildcard:
+                return wildcard[0]
+        return None
 
 
 def match_distribution(aliases_by_id: Mapping[str, Sequence[str]], domain: str) -> str | None:
-    """The id of the distribution serving `domain`: exact alias first, then a wildcard alias."""
+    """The id of the distribution serving `domain`: exact alias first, then the most specific
+    wildcard alias."""
     return AliasIndex(aliases_by_id).match(domain)
 
 

@@ -9,6 +9,14 @@ CreateInvalidation, GetInvalidation, ListInvalidations. What it models, because 
 - CallerReference idempotency, scoped per distribution as AWS does: the same reference with the
   same paths answers 201 with the existing invalidation; other paths answer
   `InvalidationBatchAlreadyExists` (documented) or `InvalidArgument` (seen in practice).
+  `replay_rejection` (a `ReplayRejection`, at construction or assigned at any time) models what
+  users report for a same-path replay: `off` (the documented answer, the default), `always`
+  (`InvalidArgument` with the caller-reference message), `after_complete` (that, once the
+  original invalidation completed; the earlier invalidation before).
+- Paths as CloudFront validates them: a leading `/`, and `*` only as the last character
+  (`InvalidArgument` otherwise).
+- ListInvalidations newest first, paged like ListDistributions; GetInvalidation with the
+  batch's CallerReference.
 - `InProgress`, then `Completed` after `completion_delay` seconds (per distribution too).
 - `TooManyInvalidationsInProgress` at the in-flight limits (3,000 file paths and, separately,
   15 wildcard paths in progress per distribution).
@@ -31,6 +39,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -55,6 +64,21 @@ REUSED_REFERENCE_MESSAGE = (
     "Your request contains a caller reference that was used for a previous invalidation batch "
     "for the same distribution."
 )
+
+# What AWS answers for a malformed path (no leading "/", a "*" before the end): it names none.
+INVALID_PATHS_MESSAGE = "Your request contains one or more invalid invalidation paths."
+
+
+class ReplayRejection(StrEnum):
+    """How a same-reference, same-paths CreateInvalidation is answered."""
+
+    # The documented behaviour: 201 with the earlier invalidation.
+    OFF = "off"
+    # InvalidArgument with REUSED_REFERENCE_MESSAGE, as users report.
+    ALWAYS = "always"
+    # InvalidArgument once the earlier invalidation completed; before, the earlier one.
+    AFTER_COMPLETE = "after_complete"
+
 
 OPERATIONS = (
     "ListDistributions",
@@ -192,6 +216,7 @@ class CloudFrontEmulator:
         max_in_progress_paths: int = 3000,
         max_in_progress_wildcards: int = 15,
         duplicate_reference_error: str = "InvalidationBatchAlreadyExists",
+        replay_rejection: ReplayRejection | str = ReplayRejection.OFF,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if duplicate_reference_error not in ("InvalidationBatchAlreadyExists", "InvalidArgument"):
@@ -204,6 +229,7 @@ class CloudFrontEmulator:
         self.max_in_progress_paths = max_in_progress_paths
         self.max_in_progress_wildcards = max_in_progress_wildcards
         self.duplicate_reference_error = duplicate_reference_error
+        self.replay_rejection = replay_rejection  # validated by the property
         self._clock = clock
         self._lock = threading.Lock()
         self._distributions: dict[str, _Distribution] = {}  # insertion order = list order
@@ -212,6 +238,19 @@ class CloudFrontEmulator:
         self._injections: list[_Injection] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def replay_rejection(self) -> ReplayRejection:
+        return self._replay_rejection
+
+    @replay_rejection.setter
+    def replay_rejection(self, mode: ReplayRejection | str) -> None:
+        """Switchable at any time (a plain attribute write is atomic for the server threads)."""
+        try:
+            self._replay_rejection = ReplayRejection(mode)
+        except ValueError:
+            choices = ", ".join(m.value for m in ReplayRejection)
+            raise ValueError(f"replay_rejection must be one of {choices}, not {mode!r}") from None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -565,11 +604,17 @@ class CloudFrontEmulator:
             dist = self._distribution(call)
             existing = dist.by_reference.get(reference)
             if existing is not None:
-                # Same batch (order aside) is a replay: the existing one, 201, as AWS does.
                 if sorted(existing.paths) != sorted(paths):
                     code = self.duplicate_reference_error
                     http = 409 if code == "InvalidationBatchAlreadyExists" else 400
                     raise _ApiError(http, code, REUSED_REFERENCE_MESSAGE)
+                # Same batch (order aside) is a replay: the existing one, 201, as AWS documents,
+                # unless the switch models the refusal users report.
+                mode = self.replay_rejection
+                if mode is ReplayRejection.ALWAYS or (
+                    mode is ReplayRejection.AFTER_COMPLETE and existing.status(now) == "Completed"
+                ):
+                    raise _ApiError(400, "InvalidArgument", REUSED_REFERENCE_MESSAGE)
                 inv = existing
             else:
                 self._check_limits(dist, paths, now)
@@ -734,8 +779,9 @@ def _parse_invalidation_batch(body: bytes) -> tuple[str, tuple[str, ...]]:
     if not paths:
         raise _ApiError(400, "InvalidArgument", "At least one path is required.")
     for p in paths:
-        if not p.startswith("/"):
-            raise _ApiError(400, "InvalidArgument", f"Path must begin with '/': {p}")
+        # CloudFront's rules: a leading "/", and a "*" wildcard only as the last character.
+        if not p.startswith("/") or "*" in p[:-1]:
+            raise _ApiError(400, "InvalidArgument", INVALID_PATHS_MESSAGE)
     return reference, paths
 
 

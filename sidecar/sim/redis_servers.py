@@ -26,7 +26,14 @@ from urllib.parse import quote
 if TYPE_CHECKING:
     import redis
 
-__all__ = ["RedisServer", "RedisServerError", "free_port", "redis_server_binary", "start_servers"]
+__all__ = [
+    "RedisServer",
+    "RedisServerError",
+    "free_port",
+    "redis_server_binary",
+    "reporter_acl",
+    "start_servers",
+]
 
 _START_TIMEOUT = 10.0
 _STOP_TIMEOUT = 5.0
@@ -35,6 +42,17 @@ _PORT_ATTEMPTS = 5
 # Strong references: a server dropped without stop() must still be stopped at exit.
 _live: set[RedisServer] = set()
 _live_lock = threading.Lock()
+
+
+def reporter_acl(namespace: str, user: str = "reporter", password: str = "pw") -> str:
+    """The ACL line of one namespace's reporter user: SET and DEL its own namespace's report
+    keys (write-only, `%W~`), PUBLISH on its namespace's channel, nothing else. A pod holding
+    it cannot write another namespace's reports. Spelled out here, not imported from the
+    product's wire format, so a test with it checks the product's key names."""
+    return (
+        f"{user} on >{password} resetchannels &cache-buster:reports:{namespace} "
+        f"%W~cache-buster:report:{namespace}:* -@all +set +del +publish"
+    )
 
 
 class RedisServerError(RuntimeError):

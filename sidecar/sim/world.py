@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from sidecar.aggregator.facade import Aggregator
@@ -23,6 +24,7 @@ from sidecar.reporter.loop import PROBE_RETRY_INTERVAL, Observation, Reporter
 from sidecar.reporter.resp import RespClient
 from sidecar.sim.cloudfront import CloudFrontEmulator
 from sidecar.sim.kube import KubeEmulator, deployment_manifest
+from sidecar.sim.kube.kubelet import app_exited
 from sidecar.sim.webhook_receiver import WebhookReceiver
 from sidecar.webhooks.config import parse_webhooks
 from sidecar.webhooks.sender import WebhookSender
@@ -42,7 +44,14 @@ def _ready(pod: Mapping[str, Any]) -> bool:
 class PodFleet:
     """The cache-buster sidecar of every pod in a namespace, in one thread: each pod gets the
     real `Reporter` (its write path, record format and heartbeats); the pod's Ready condition
-    stands for the local probe the real sidecar would run."""
+    stands for the local probe the real sidecar would run.
+
+    Shutdown follows Kubernetes 1.29+ native sidecars: a deleted pod's app drains first and
+    the sidecar, not signalled yet, keeps reporting (`terminating` false; its probe passes
+    while the pod was Ready and `draining_probe_ok` holds: a draining app may still answer
+    over localhost); only once the app containers have exited is the sidecar stopped, and
+    then it withdraws its record. A pod that vanishes before that withdraws too, unless it
+    was hard-killed (`forget`): then its record stays until its TTL."""
 
     def __init__(
         self,
@@ -53,6 +62,7 @@ class PodFleet:
         interval: float = 0.5,
         poll: float = 0.02,
         probe_interval: float = PROBE_RETRY_INTERVAL,
+        draining_probe_ok: bool = True,
     ) -> None:
         self._kube = kube
         # A real sidecar re-checks a failing probe this often: a pod's readiness reaches
@@ -62,10 +72,13 @@ class PodFleet:
         self._redis = redis
         self._interval = interval
         self._poll = poll
+        self._draining_probe_ok = draining_probe_ok
         self._client = RespClient(redis, timeout=2.0, client_name="sim-fleet")
         self._reporters: dict[str, Reporter] = {}
-        self._last: dict[str, tuple[bool, float]] = {}  # pod -> (ready, when written)
+        self._last: dict[str, tuple[bool, float]] = {}  # pod -> (probe ok, when written)
         self._withdrawn: set[str] = set()
+        self._killed: set[str] = set()  # hard-killed pods: no withdraw, the TTL removes them
+        self._lock = threading.Lock()  # one tick at a time; `forget` waits for it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.paused = threading.Event()  # set: the sidecars stop reporting (a test's fault)
@@ -81,15 +94,44 @@ class PodFleet:
             self._thread.join(timeout=5)
         self._client.close()
 
+    def forget(self, pod: str, remove: Callable[[], object]) -> None:
+        """`pod` is hard-killed by `remove` (run between two ticks): its sidecar dies with
+        it and never withdraws."""
+        with self._lock:
+            self._killed.add(pod)
+            remove()
+
     def _run(self) -> None:
         while not self._stop.wait(self._poll):
             if self.paused.is_set():
                 continue
             try:
-                self._tick()
+                with self._lock:
+                    self._tick()
             except Exception as exc:  # Redis down: the real reporter retries too
                 self._client.close()
                 log.debug("sim.fleet.error", error=str(exc)[:200])
+
+    def _reporter(self, pod: Mapping[str, Any]) -> Reporter:
+        meta = pod["metadata"]
+        name = meta["name"]
+        reporter = self._reporters.get(name)
+        if reporter is None:
+            config = ReporterConfig(
+                pod=name,
+                namespace=self._namespace,
+                redis=self._redis,
+                uid=meta.get("uid", ""),
+                template_hash=(meta.get("labels") or {}).get("pod-template-hash", ""),
+                interval=self._interval,
+            )
+            reporter = self._reporters[name] = Reporter(config, self._client)
+        return reporter
+
+    def _withdraw(self, name: str) -> None:
+        if name not in self._withdrawn:
+            self._reporters[name].withdraw()  # what the sidecar does on SIGTERM
+            self._withdrawn.add(name)
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -97,34 +139,36 @@ class PodFleet:
         for pod in self._kube.pods(self._namespace):
             meta = pod["metadata"]
             name = meta["name"]
+            if name in self._killed:
+                continue
             seen.add(name)
-            reporter = self._reporters.get(name)
-            if reporter is None:
-                config = ReporterConfig(
-                    pod=name,
-                    namespace=self._namespace,
-                    redis=self._redis,
-                    uid=meta.get("uid", ""),
-                    template_hash=(meta.get("labels") or {}).get("pod-template-hash", ""),
-                    interval=self._interval,
-                )
-                reporter = self._reporters[name] = Reporter(config, self._client)
-            if meta.get("deletionTimestamp"):
-                if name not in self._withdrawn:
-                    reporter.withdraw()  # what the sidecar does on SIGTERM
-                    self._withdrawn.add(name)
+            reporter = self._reporter(pod)
+            if app_exited(pod):
+                self._withdraw(name)  # the sidecar is stopped only after the app exits
+                continue
+            if name in self._withdrawn:
                 continue
             last = self._last.get(name)
             if last is not None and not last[0] and now - last[1] < self._probe_interval:
                 continue  # the failing probe is not looked at again yet
-            ready = _ready(pod)
-            if last is None or last[0] != ready or now - last[1] >= self._interval or not ready:
-                reporter.write(Observation(probe_ok=ready))
-                self._last[name] = (ready, now)
+            probe_ok = _ready(pod)
+            if meta.get("deletionTimestamp"):
+                probe_ok = probe_ok and self._draining_probe_ok
+            if (
+                last is None
+                or last[0] != probe_ok
+                or now - last[1] >= self._interval
+                or not probe_ok
+            ):
+                reporter.write(Observation(probe_ok=probe_ok))
+                self._last[name] = (probe_ok, now)
         for gone in set(self._reporters) - seen:
+            if gone not in self._killed:
+                self._withdraw(gone)  # removed before we saw its app exit: still signalled
             self._reporters.pop(gone, None)
             self._last.pop(gone, None)
             self._withdrawn.discard(gone)
+            self._killed.discard(gone)
 
 
 class FakeRedisServer:
@@ -161,9 +205,14 @@ class World:
         completion_delay: float = 0.1,
         redis_url: str | None = None,
         report_interval: float = 0.5,
+        kube_options: Mapping[str, Any] | None = None,
     ) -> None:
+        """`kube_options`: more KubeEmulator keywords (`app_exit_after`, `unready_on_delete`,
+        `terminating_replicas`, ...)."""
         self.namespace = namespace
-        self.kube = KubeEmulator(ready_after=ready_after, time_scale=time_scale)
+        self.kube = KubeEmulator(
+            ready_after=ready_after, time_scale=time_scale, **dict(kube_options or {})
+        )
         self.cloudfront = CloudFrontEmulator(completion_delay=completion_delay)
         self.receiver = WebhookReceiver()
         self._own_redis: FakeRedisServer | None = None
@@ -171,6 +220,8 @@ class World:
         self._report_interval = report_interval
         self.fleet: PodFleet | None = None
         self.aggregators: list[Aggregator] = []
+        self._fake_reporters: dict[str, Reporter] = {}
+        self._fake_client: RespClient | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> World:
@@ -184,6 +235,8 @@ class World:
             agg.stop()
         if self.fleet is not None:
             self.fleet.stop()
+        if self._fake_client is not None:
+            self._fake_client.close()
         if self._own_redis is not None:
             self._own_redis.stop()
         self.receiver.stop()
@@ -203,16 +256,62 @@ class World:
             self._redis_url = self._own_redis.url
         return self._redis_url
 
-    def start_sidecars(self) -> PodFleet:
-        """Every pod of the namespace gets its reporter (the kustomize component's job)."""
+    def start_sidecars(self, **options: Any) -> PodFleet:
+        """Every pod of the namespace gets its reporter (the kustomize component's job);
+        `options` go to PodFleet (`draining_probe_ok=False`: a draining app fails its probe)."""
         if self.fleet is None:
             self.fleet = PodFleet(
                 self.kube,
                 self.namespace,
                 parse_redis_url(self.redis_url),
-                interval=self._report_interval,
+                interval=options.pop("interval", self._report_interval),
+                **options,
             ).start()
         return self.fleet
+
+    def write_report(
+        self,
+        pod: str,
+        template_hash: str,
+        *,
+        uid: str = "",
+        probe_ok: bool = True,
+        version: str | None = None,
+    ) -> bool:
+        """One heartbeat of a report record for `pod` (which need not exist) through the
+        reporter's own write path: SET with the TTL, PUBLISH on a change, as the sidecar
+        does. For fake and stale records; returns whether it published."""
+        if self._fake_client is None:
+            self._fake_client = RespClient(
+                parse_redis_url(self.redis_url), timeout=2.0, client_name="sim-fake-reporter"
+            )
+        reporter = self._fake_reporters.get(pod)
+        if reporter is None or reporter.config.template_hash != template_hash:
+            config = ReporterConfig(
+                pod=pod,
+                namespace=self.namespace,
+                redis=parse_redis_url(self.redis_url),
+                uid=uid,
+                template_hash=template_hash,
+                interval=self._report_interval,
+            )
+            reporter = self._fake_reporters[pod] = Reporter(config, self._fake_client)
+        elif reporter.config.uid != uid:
+            reporter.config = replace(reporter.config, uid=uid)
+        return reporter.write(Observation(probe_ok=probe_ok, version=version))
+
+    def kill_pod(self, name: str) -> None:
+        """Remove pod `name` at once, as a node that dies does: no grace period, and its
+        sidecar never withdraws, so its report stays until the record's TTL."""
+
+        def remove() -> None:
+            if not self.kube.store.remove_now("pods", self.namespace, name):
+                raise KeyError(f"pod {self.namespace}/{name} not found")
+
+        if self.fleet is None:
+            remove()
+        else:
+            self.fleet.forget(name, remove)
 
     # -- cache-buster -----------------------------------------------------------------------
     def webhooks_config(self, names: list[str], **hook: Any) -> str:

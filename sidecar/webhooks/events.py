@@ -1,7 +1,7 @@
 """What a webhook receiver gets: the event, its idempotency id and the headers naming them.
 
-The id is stable for every retry (and every replica) sending one rollout's event, so receivers
-can drop repeats (docs/architecture.md, "Identifiers").
+The id is stable for every retry (and every replica) sending one attempt's event, so receivers
+can drop repeats, and differs between attempts and events (docs/architecture.md, "Identifiers").
 """
 
 from __future__ import annotations
@@ -32,10 +32,13 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 RESERVED_HEADER_PREFIX = "x-cache-buster-"
 
 
-def idempotency_id(rollout_id: str, event: str) -> str:
-    """Stable for every retry of one rollout's event; a later `completed` after a reported
-    `timeout` of the same rollout gets its own id, so receivers do not drop it."""
-    digest = hashlib.sha256(f"{rollout_id}\n{event}".encode()).hexdigest()
+def idempotency_id(rollout_id: str, event: str, attempt: int = 1) -> str:
+    """From (rollout id, attempt, event): stable for every retry and every sender of one
+    attempt's event; a later `completed` after a reported `timeout` gets its own id, and so does
+    the `failed` of a second attempt of the same image, so receivers drop neither. The first
+    attempt's id is what earlier versions sent (the attempt was not part of it then)."""
+    material = f"{rollout_id}\n{event}" if attempt == 1 else f"{rollout_id}\n{attempt}\n{event}"
+    digest = hashlib.sha256(material.encode()).hexdigest()
     return f"cb-{digest[:32]}"
 
 
@@ -58,7 +61,11 @@ class WebhookEvent:
     status: str | None = None
     reason: str | None = None
     timings: Mapping[str, float | None] = field(default_factory=dict)
-    # Derived from rollout_id and event when empty.
+    # Which attempt of the rollout (1 unless an earlier attempt of the same image failed).
+    attempt: int = 1
+    # The id of an earlier rollout whose purge this one made (folded into it).
+    folded_rollout_id: str | None = None
+    # Derived from rollout_id, attempt and event when empty.
     idempotency_id: str = ""
 
     def __post_init__(self) -> None:
@@ -68,7 +75,9 @@ class WebhookEvent:
         if not self.idempotency_id:
             if not self.rollout_id:
                 raise ValueError("a webhook event needs a rollout_id or an idempotency_id")
-            object.__setattr__(self, "idempotency_id", idempotency_id(self.rollout_id, self.event))
+            object.__setattr__(
+                self, "idempotency_id", idempotency_id(self.rollout_id, self.event, self.attempt)
+            )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,5 +97,7 @@ class WebhookEvent:
             "status": self.status,
             "reason": self.reason,
             "timings": dict(self.timings),
+            "attempt": self.attempt,
+            "folded_rollout_id": self.folded_rollout_id,
             "idempotency_id": self.idempotency_id,
         }

@@ -20,7 +20,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -168,15 +168,14 @@ class WebhookSender:
         *,
         extra_names: Sequence[str] = (),
         stop: threading.Event | None = None,
+        only: Collection[str] | None = None,
     ) -> list[Delivery]:
-        """Call every hook that applies to `event`, concurrently; one slow hook delays only
+        """Call every hook that applies to `event` (of those named in `only`, when given: a
+        re-delivery skips the hooks already done), concurrently; one slow hook delays only
         itself. Never raises for a hook's failure: it is logged and returned."""
-        hooks = self.config.hooks_for(
-            app=event.app,
-            deployment=event.deployment or "",
-            event=event.event,
-            extra_names=extra_names,
-        )
+        hooks = self.applicable(event, extra_names)
+        if only is not None:
+            hooks = [h for h in hooks if h.name in only]
         if not hooks:
             return []
         if len(hooks) == 1:
@@ -184,6 +183,15 @@ class WebhookSender:
         workers = min(len(hooks), MAX_CONCURRENT_HOOKS)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook") as pool:
             return list(pool.map(lambda h: self._deliver(h, event, stop), hooks))
+
+    def applicable(self, event: WebhookEvent, extra_names: Sequence[str] = ()) -> list[Hook]:
+        """The hooks `event` goes to, in file order."""
+        return self.config.hooks_for(
+            app=event.app,
+            deployment=event.deployment or "",
+            event=event.event,
+            extra_names=extra_names,
+        )
 
     def _request_parts(self, hook: Hook, event: WebhookEvent) -> tuple[str, bytes, dict[str, str]]:
         url = hook.url

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from sidecar.core.decision import after_purge, decide
+from sidecar.core.decision import Verdict, after_purge, decide, fold
 from sidecar.core.records import (
     BASELINE,
     FOLLOWING,
@@ -15,6 +15,7 @@ from sidecar.core.records import (
     AppRecord,
     Intent,
     PurgeDetail,
+    PurgePlan,
     Settled,
     rollout_id,
 )
@@ -192,3 +193,105 @@ def test_no_image_no_decision() -> None:
         desired=1,
     )
     assert run(AppRecord(settled=A), o).reason == "no image for the watched container"
+
+
+# -- attempts (docs/architecture.md, "Identifiers") ----------------------------------------------
+
+
+def test_a_second_attempt_of_an_image_that_failed_is_numbered() -> None:
+    first = run(AppRecord(settled=A), obs("shop/web:2", Phase.WAITING))
+    assert first.record is not None and first.record.intent is not None
+    assert first.record.intent.attempt == 1
+    # rolled back to 1: attempt 1 of web:2 fails ...
+    back = run(first.record, obs("shop/web:1"))
+    assert back.failed is not None and back.failed_intent is not None
+    assert back.failed_intent.attempt == 1 and back.failed_intent.from_image == "shop/web:1"
+    assert back.record is not None
+    # ... and web:2 again is the same rollout (same id, same CDN key), attempt 2.
+    again = run(back.record, obs("shop/web:2", Phase.WAITING))
+    assert again.record is not None and again.record.intent is not None
+    assert again.record.intent.rollout_id == first.record.intent.rollout_id
+    assert again.record.intent.attempt == 2
+    done = run(again.record, obs("shop/web:2"))
+    assert done.purge is not None and done.purge.attempt == 2
+    assert done.record is not None
+    settled_record = after_purge(done.record, done.purge, 3.0, PurgeDetail())
+    assert settled_record.settled is not None and settled_record.settled.detail.attempt == 2
+    assert settled_record.attempts == {}  # every later id derives from this settle
+
+
+# -- a completed rollout's purge found during a newer rollout (rule 9) --------------------------
+
+
+def _purging(image: str) -> AppRecord:
+    return AppRecord(settled=A, intent=following(image, A, PURGING))
+
+
+def test_a_purging_intent_of_an_image_left_behind_is_confirmed_or_folded() -> None:
+    d = run(_purging("shop/web:2"), obs("shop/web:3", Phase.WAITING))
+    assert d.verdict is Verdict.RESUMING_SUPERSEDED and d.purge is not None
+    # Same image: an ordinary resume.
+    assert run(_purging("shop/web:2"), obs("shop/web:2")).verdict is Verdict.RESUMING
+    # With the CDN's request on record it exists: resumed (confirmed), never folded.
+    plan = PurgePlan.of("cloudfront", ("E1",), ("/*",)).with_request("E1", "I1")
+    known = replace(
+        _purging("shop/web:2"), intent=replace(following("shop/web:2", A, PURGING), plan=plan)
+    )
+    assert run(known, obs("shop/web:3", Phase.WAITING)).verdict is Verdict.RESUMING
+
+
+def test_a_folded_rollout_purges_once_with_the_newer_one() -> None:
+    record = _purging("shop/web:2")
+    assert record.intent is not None
+    folded = fold(record, record.intent)
+    assert folded.intent is None and folded.deferred is not None and folded.deferred.folded
+    waiting = run(folded, obs("shop/web:3", Phase.WAITING))
+    assert waiting.purge is None and waiting.record is not None
+    assert waiting.record.deferred == folded.deferred
+    done = run(waiting.record, obs("shop/web:3"))
+    assert done.purge is not None and done.purge.image == "shop/web:3"
+    assert done.record is not None
+    after = after_purge(done.record, done.purge, 3.0, PurgeDetail())
+    assert after.deferred is None and after.settled is not None
+    assert after.settled.image == "shop/web:3"
+    assert after.settled.detail.folded == folded.deferred.rollout_id
+
+
+@pytest.mark.parametrize("newer", ["shop/web:4", "shop/web:1"])  # superseded, rolled back
+def test_a_folded_rollout_purges_under_its_own_id_when_the_newer_one_fails(newer: str) -> None:
+    record = _purging("shop/web:2")
+    assert record.intent is not None
+    folded = fold(record, record.intent)
+    waiting = run(folded, obs("shop/web:3", Phase.WAITING))
+    assert waiting.record is not None
+    d = run(waiting.record, obs(newer, Phase.WAITING))
+    assert d.verdict is Verdict.PURGE_DEFERRED and d.failed is not None
+    assert d.purge is not None and d.purge.rollout_id == record.intent.rollout_id
+    assert d.purge.state is PURGING and d.purge.folded  # never folded a second time
+    assert d.record is not None and d.record.deferred is None
+    again = run(d.record, obs(newer, Phase.WAITING))
+    assert again.verdict is Verdict.RESUMING
+
+
+def test_a_folded_rollout_purges_when_the_newer_one_passes_rollout_timeout() -> None:
+    record = _purging("shop/web:2")
+    assert record.intent is not None
+    waiting = run(fold(record, record.intent), obs("shop/web:3", Phase.WAITING))
+    assert waiting.record is not None and waiting.record.intent is not None
+    kw = {"group": GROUP, "app": APP, "record": waiting.record, "purge_on_rollback": False}
+    early = decide(observation=obs("shop/web:3", Phase.WAITING), now=2.5, rollout_timeout=10, **kw)  # type: ignore[arg-type]
+    assert early.purge is None
+    late = decide(observation=obs("shop/web:3", Phase.WAITING), now=12.0, rollout_timeout=10, **kw)  # type: ignore[arg-type]
+    assert late.verdict is Verdict.PURGE_DEFERRED
+    assert late.purge is not None and late.purge.image == "shop/web:2"
+
+
+def test_back_to_the_folded_image_is_that_rollout_again() -> None:
+    record = _purging("shop/web:2")
+    assert record.intent is not None
+    waiting = run(fold(record, record.intent), obs("shop/web:3", Phase.WAITING))
+    assert waiting.record is not None
+    d = run(waiting.record, obs("shop/web:2"))
+    assert d.verdict is Verdict.PURGE and d.purge is not None
+    assert d.purge.rollout_id == record.intent.rollout_id
+    assert d.record is not None and d.record.deferred is None

@@ -8,10 +8,13 @@ import pytest
 
 from sidecar.core.rollout import (
     Phase,
+    Pod,
     Report,
+    Waiting,
     count_reports,
     new_replicaset,
     observe,
+    old_pods_live,
     previous_image,
     rollout_status,
     tag_matches_version,
@@ -188,7 +191,18 @@ def test_watched_container_by_name() -> None:
 def report(
     pod: str, *, hash_: str = "b", ok: bool = True, version: str | None = None, term: bool = False
 ) -> Report:
-    return Report(pod=pod, template_hash=hash_, probe_ok=ok, version=version, terminating=term)
+    return Report(
+        pod=pod,
+        template_hash=hash_,
+        probe_ok=ok,
+        version=version,
+        terminating=term,
+        uid=f"uid-{pod}",
+    )
+
+
+def pod(name: str, *, hash_: str = "b", terminating: bool = False, uid: str = "") -> Pod:
+    return Pod(name=name, uid=uid or f"uid-{name}", template_hash=hash_, terminating=terminating)
 
 
 def test_reports_count_only_live_passing_pods_of_the_new_replicaset() -> None:
@@ -200,11 +214,68 @@ def test_reports_count_only_live_passing_pods_of_the_new_replicaset() -> None:
         report("p5", version="1.1"),
         report("p6", version="v1.2"),
     ]
-    count = count_reports("b", 3, "web:1.2", reports)
-    assert count.ready == 2  # p1 and p6
+    pods = [pod(f"p{i}") for i in range(1, 7)]
+    count = count_reports("b", 3, "web:1.2", reports, pods)
+    # p1, p3 and p6: the report's own `terminating` flag is not what decides (the pod is).
+    assert count.ready == 3
+    assert count.needed == 6
     assert not count.satisfied
     assert any("p2" in p for p in count.problems)
+    assert any("p4" in p for p in count.problems)
     assert any("p5" in p for p in count.problems)
+
+
+def test_a_report_counts_only_for_a_live_pod_with_its_name_and_uid() -> None:
+    reports = [report(f"fake-b-{i}") for i in range(3)] + [report("p1")]
+    pods = [pod("p1"), pod("p2", uid="other"), pod("p3")]
+    count = count_reports("b", 3, "web:1.2", [*reports, report("p2")], pods)
+    assert count.ready == 1  # p1; the fakes name no pod, p2's record is another pod's
+    assert any("p2: report from another pod" in p for p in count.problems)
+    assert any("p3: no report" in p for p in count.problems)
+
+
+def test_terminating_pods_neither_count_nor_block() -> None:
+    pods = [pod("p1"), pod("p2"), pod("old", terminating=True), pod("p3", terminating=True)]
+    reports = [report("p1"), report("p2"), report("old", ok=False), report("p3")]
+    count = count_reports("b", 2, "web:1.2", reports, pods)
+    assert (count.ready, count.needed, count.satisfied) == (2, 2, True)
+    # ... and a terminating pod's passing report does not make up for a missing live one.
+    assert not count_reports("b", 3, "web:1.2", reports, pods).satisfied
+
+
+def test_every_live_new_pod_must_pass_even_above_the_desired_count() -> None:
+    pods = [pod("p1"), pod("p2"), pod("p3"), pod("surge")]
+    reports = [report("p1"), report("p2"), report("p3"), report("surge", ok=False)]
+    assert not count_reports("b", 3, "web:1.2", reports, pods).satisfied
+
+
+def test_old_pods_from_terminating_replicas_or_the_pod_watch() -> None:
+    dep = deployment(image="web:2")
+    new, old = rs("web-b", "web:2", 2, hash_="b"), rs("web-a", "web:1", 1, hash_="a")
+    old["status"] = {"replicas": 0}
+    pods = [pod("n1"), pod("o1", hash_="a", terminating=True)]
+    assert old_pods_live(dep, [new, old], pods) == 1
+    assert old_pods_live(dep, [new, old], None) is None
+    old["status"]["terminatingReplicas"] = 2  # the API's count wins over the pod watch
+    assert old_pods_live(dep, [new, old], None) == 2
+    old["status"]["terminatingReplicas"] = 0
+    assert old_pods_live(dep, [new, old], pods) == 0
+
+
+def test_wait_for_old_pods_is_capped_by_its_timeout() -> None:
+    dep = deployment(image="web:2")
+    new, old = rs("web-b", "web:2", 2, hash_="b"), rs("web-a", "web:1", 1, hash_="a")
+    pods = [pod("o1", hash_="a", terminating=True)]
+    assert observe(dep, [new, old], pods=pods).status.complete  # opt-in only
+    kw = {"pods": pods, "wait_for_old_pods": True, "old_pods_timeout": 300.0}
+    waiting = observe(dep, [new, old], complete_for=10.0, **kw)  # type: ignore[arg-type]
+    assert waiting.status.waiting_for is Waiting.OLD_PODS
+    assert "1 old pods" in waiting.status.message
+    capped = observe(dep, [new, old], complete_for=300.0, **kw)  # type: ignore[arg-type]
+    assert capped.status.complete
+    assert capped.note is not None and "old-pods-timeout" in capped.note
+    gone = observe(dep, [new, old], complete_for=1.0, **{**kw, "pods": []})  # type: ignore[arg-type]
+    assert gone.status.complete and gone.note is None
 
 
 @pytest.mark.parametrize(
@@ -225,9 +296,11 @@ def test_sidecar_mode_waits_for_reports_after_the_api_says_complete() -> None:
     dep = deployment(image="web:2")
     rss = [rs("web-b", "web:2", 2, hash_="b")]
     assert observe(dep, rss).status.complete
-    obs = observe(dep, rss, reports=[report("p1"), report("p2")])
+    pods = [pod("p1"), pod("p2"), pod("p3")]
+    assert observe(dep, rss, reports=[]).status.waiting_for is Waiting.PODS
+    obs = observe(dep, rss, reports=[report("p1"), report("p2")], pods=pods)
     assert obs.status.phase is Phase.WAITING
     assert "2 of 3" in obs.status.message
-    full = observe(dep, rss, reports=[report("p1"), report("p2"), report("p3")])
+    full = observe(dep, rss, reports=[report("p1"), report("p2"), report("p3")], pods=pods)
     assert full.status.complete
     assert full.new_rs_hash == "b"

@@ -59,6 +59,7 @@ def test_encode_then_decode_round_trips() -> None:
         probe_ok=False,
         version="1.2.3",
         terminating=False,
+        uid="0b9c1f2e",
     )
     assert report is not None and report.updated_at == 1700000005.5
     assert decode_report(RECORD_JSON.encode()) == report  # bytes, as redis-py may return

@@ -8,7 +8,9 @@ regenerated from the current code (that would test nothing)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from kubernetes import client
@@ -16,13 +18,17 @@ from kubernetes import client
 from sidecar.core.records import (
     AppRecord,
     FailureReason,
+    Intent,
     IntentState,
     Outcome,
     PurgeDetail,
+    PurgePlan,
     WebhookState,
+    webhooks_summary,
 )
 from sidecar.kube.ledger import Ledger
 from sidecar.sim.kube import KubeEmulator
+from tests.kube.previous import records_v1
 
 NS = "default"
 NAME = "cache-buster-ledger"
@@ -195,3 +201,101 @@ def test_the_configmap_reads_and_writes_back_byte_identical(kube: KubeEmulator) 
     written = dict(cm["data"])
     assert written.pop("another") == ENTRIES["baseline"]
     assert written == data
+
+
+# -- one version each way (docs/architecture.md, guarantee 9) ------------------------------------
+# The aggregator runs two versions side by side during its own rolling update. What this
+# version writes must read in the previous release's reader (frozen in tests/kube/previous/),
+# and what that one wrote reads here (the ENTRIES above).
+
+
+def _newest_records() -> dict[str, AppRecord]:
+    """Entries with every field this version added since the first format."""
+    plan = PurgePlan.of("cloudfront", ("E2QWRUHAPOMQZL",), ("/*", "/index.html"))
+    purging = Intent(
+        image="nginx:1.29",
+        rollout_id="r-4640047197eac8de8673fb77",
+        from_image="nginx:1.28",
+        state=IntentState.PURGING,
+        started_at=1700001000.0,
+        attempt=2,
+        plan=plan.with_request("E2QWRUHAPOMQZL", "I2J0I21PCUYOIK"),
+    )
+    folded = Intent(
+        image="nginx:1.29",
+        rollout_id="r-4640047197eac8de8673fb77",
+        from_image="nginx:1.28",
+        state=IntentState.PURGING,
+        started_at=1700001000.0,
+        plan=plan,
+        folded=True,
+    )
+    following = replace(
+        folded, image="nginx:1.30", rollout_id="r-x", state=IntentState.FOLLOWING, plan=None
+    )
+    settled = AppRecord.from_json(ENTRIES["purged-pending"]).settled
+    assert settled is not None
+    hooks = {"audit": WebhookState.DELIVERED, "slack": WebhookState.FAILED}
+    detail = replace(
+        settled.detail,
+        hooks={**hooks, "cdn-log": WebhookState.PENDING},
+        attempt=2,
+        folded="r-0d58657a407575fc754efa7f",
+        reused=True,
+        note="purging after waiting 300s for 1 old pods to terminate",
+    )
+    return {
+        "purging-attempt-2": AppRecord(
+            settled=settled, intent=purging, attempts={purging.rollout_id: 2}
+        ),
+        "folded": AppRecord(settled=settled, intent=following, deferred=folded),
+        "hooks": AppRecord(settled=replace(settled, detail=detail)),
+    }
+
+
+def test_what_this_version_writes_reads_in_the_previous_release() -> None:
+    for app, record in _newest_records().items():
+        text = record.to_json()
+        old = records_v1.AppRecord.from_json(text)  # must not raise
+        # The previous release sees the same rollout in the same state ...
+        if record.intent is not None:
+            assert old.intent is not None, app
+            assert (old.intent.rollout_id, old.intent.state.value) == (
+                record.intent.rollout_id,
+                record.intent.state.value,
+            )
+        if record.settled is not None:
+            assert old.settled.rollout_id == record.settled.rollout_id
+            # ... and a hook still owed keeps the summary `pending`, a value it knows.
+            assert old.settled.detail.webhooks.value == record.settled.detail.webhooks.value
+        # This version reads its own entries back whole.
+        assert AppRecord.from_json(text) == record, app
+        assert AppRecord.from_json(text).to_json() == text
+
+
+def test_hook_outcomes_summarise_as_the_first_formats_values() -> None:
+    assert webhooks_summary({"a": WebhookState.FAILED}) is WebhookState.DELIVERED
+    assert webhooks_summary({"a": WebhookState.PENDING, "b": WebhookState.FAILED}) is (
+        WebhookState.PENDING
+    )
+
+
+def test_unknown_fields_anywhere_are_ignored_by_this_reader() -> None:
+    doc = json.loads(ENTRIES["following"])
+    doc["intent"]["from_a_newer_version"] = 1
+    doc["last_failure"]["also_new"] = "x"
+    doc["settled"]["new_too"] = True
+    doc["ext"] = {"unknown": {}, "intent": {"rollout_id": "r-other", "attempt": 9}}
+    doc["top_level_new"] = []
+    record = AppRecord.from_json(json.dumps(doc))
+    assert record.intent is not None and record.intent.attempt == 1  # ext for another rollout
+    assert record == AppRecord.from_json(ENTRIES["following"])
+
+
+def test_a_long_path_list_is_kept_as_its_digest() -> None:
+    paths = tuple(f"/assets/{i:04d}/*" for i in range(200))
+    plan = PurgePlan.of("cloudfront", ("E1",), paths)
+    assert plan.paths is None and plan.count == 200 and plan.matches(paths)
+    assert not plan.matches(paths[:-1])
+    short = PurgePlan.of("cloudfront", ("E1",), ("/*",))
+    assert short.paths == ("/*",)

@@ -157,7 +157,9 @@ def test_lists_then_watches_and_emits_trimmed_events(
 
     # Trimmed: only what evaluation reads, never the server's bookkeeping.
     assert "managedFields" not in added["metadata"]
-    assert "creationTimestamp" not in added["metadata"]
+    assert "selfLink" not in added["metadata"] and "finalizers" not in added["metadata"]
+    # kept: the tie-break between two Deployments claiming one app key
+    assert added["metadata"]["creationTimestamp"]
     assert added["metadata"]["annotations"] == {"cache-buster.io/domains": "a.example"}
     assert added["_template_key"]
     assert added["spec"]["template"]["spec"]["containers"] == [

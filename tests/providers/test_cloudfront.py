@@ -17,6 +17,7 @@ from sidecar.sim.cloudfront import (
     TEST_ACCESS_KEY_ID,
     TEST_SECRET_ACCESS_KEY,
     CloudFrontEmulator,
+    ReplayRejection,
 )
 
 ALIASES = {
@@ -35,7 +36,8 @@ ALIASES = {
         ("WWW.Example.COM.", "E1"),  # case and trailing dot do not matter
         ("api.example.com", "E3"),
         ("blog.example.com", "E2"),  # one label under the wildcard
-        ("a.b.example.com", None),  # two labels: not covered
+        ("a.b.example.com", "E2"),  # two labels: covered too, as CloudFront routes them
+        ("marketing.product-name.example.com", "E2"),  # AWS's own example
         ("shop.example.org", None),  # the wildcard's parent itself: not covered
         ("eu.shop.example.org", "E4"),
         ("example.net", None),
@@ -45,6 +47,26 @@ ALIASES = {
 )
 def test_match_distribution(domain: str, expected: str | None) -> None:
     assert match_distribution(ALIASES, domain) == expected
+
+
+@pytest.mark.parametrize(
+    ("domain", "expected"),
+    [
+        ("x.b.example.com", "EC"),  # an exact alias beats every wildcard
+        ("a.b.example.com", "EB"),  # the most specific wildcard wins
+        ("deep.a.b.example.com", "EB"),
+        ("b.example.com", "EA"),  # *.b.example.com does not cover its parent
+        ("a.c.example.com", "EA"),
+        ("example.com", None),
+        ("a..example.com", None),  # an empty label is no routable name
+    ],
+)
+def test_wildcards_exact_first_then_most_specific(domain: str, expected: str | None) -> None:
+    aliases = {"EA": ["*.example.com"], "EB": ["*.b.example.com"], "EC": ["x.b.example.com"]}
+    assert match_distribution(aliases, domain) == expected
+    # Neither the ids nor the listing order decide: the specificity does.
+    renamed = {"EZ": ["*.example.com"], "EB": ["*.b.example.com"]}
+    assert match_distribution(dict(reversed(renamed.items())), "a.b.example.com") == "EB"
 
 
 def test_match_distribution_is_deterministic_on_duplicates() -> None:
@@ -256,17 +278,246 @@ def test_lost_create_response_is_retried_without_a_second_invalidation(
     assert emu.count_by_caller_reference() == {"rollout-1-key": 1}
 
 
+def test_purge_by_a_wildcard_two_labels_up(emu: CloudFrontEmulator) -> None:
+    emu.add_distribution(["*.example.com"])
+    specific = emu.add_distribution(["*.b.example.com"])
+    result = provider(emu).purge(request(domains=("a.b.example.com",)), timeout=5)
+    assert result.target == specific
+    assert result.status == "completed"
+
+
+def test_a_wildcard_inside_a_path_is_refused(emu: CloudFrontEmulator) -> None:
+    emu.add_distribution(["www.example.com"])
+    with pytest.raises(PurgeError) as exc:
+        provider(emu).purge(request(paths=("/a*b",)), timeout=5)
+    assert exc.value.code == "InvalidArgument"
+    assert not exc.value.retryable
+    assert emu.invalidations() == []
+
+
+# -- replays ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", list(ReplayRejection))
+def test_same_path_replay_is_reused_under_every_replay_rejection(mode: ReplayRejection) -> None:
+    with CloudFrontEmulator(replay_rejection=mode) as emu:
+        dist = emu.add_distribution(["www.example.com"])
+        not_before = time.time()
+        first = provider(emu).purge(request(not_before=not_before), timeout=5)
+        assert first.status == "completed"
+        assert not first.reused
+        time.sleep(0.05)  # a gap larger than clock_skew, so `reused` is decidable without a refusal
+        # A fresh process resumes the rollout (same key, same paths).
+        again = provider(emu, clock_skew=0.01).purge(request(not_before=not_before), timeout=5)
+        assert again.reused
+        assert again.status == "completed"
+        assert again.request_id == first.request_id
+        assert [i.id for i in emu.invalidations(dist)] == [first.request_id]
+        replay = emu.calls("CreateInvalidation")[-1]
+        expected = None if mode is ReplayRejection.OFF else "InvalidArgument"
+        assert replay.error_code == expected  # the refusal really was answered
+
+
 @pytest.mark.parametrize("code", ["InvalidationBatchAlreadyExists", "InvalidArgument"])
-def test_reused_reference_with_other_paths(code: str) -> None:
+def test_replay_with_other_paths_finds_the_earlier_invalidation(code: str) -> None:
     with CloudFrontEmulator(duplicate_reference_error=code) as emu:
         emu.add_distribution(["www.example.com"])
         cf = provider(emu)
-        cf.purge(request(), timeout=5)
-        with pytest.raises(PurgeError) as exc:
-            cf.purge(request(paths=("/other",)), timeout=5)
-        assert exc.value.code == "CallerReferenceReused"
-        assert not exc.value.retryable
-        assert len(emu.calls("CreateInvalidation")) == 2  # not retried
+        not_before = time.time()
+        first = cf.purge(request(not_before=not_before), timeout=5)
+        # The paths annotation changed between the crash and the resume.
+        again = cf.purge(request(paths=("/other",), not_before=not_before), timeout=5)
+        assert again.reused
+        assert again.status == "completed"
+        assert again.request_id == first.request_id
+        # What was purged is what CloudFront invalidated, not what the replay asked for.
+        assert again.paths == ("/*",)
+        assert again.extra["requested_paths"] == "/other"
+        assert [r.error_code for r in emu.calls("CreateInvalidation")] == [None, code]
+        assert len(emu.calls("ListInvalidations")) == 1
+        assert emu.count_by_caller_reference() == {"rollout-1-key": 1}
+
+
+def test_recorded_request_is_confirmed_without_listing(emu: CloudFrontEmulator) -> None:
+    dist = emu.add_distribution(["www.example.com"])
+    cf = provider(emu)
+    recorded: list[tuple[str, str]] = []
+    first = cf.purge(request(), timeout=5, on_requested=lambda d, i: recorded.append((d, i)))
+    assert recorded == [(dist, first.request_id)]
+    emu.replay_rejection = ReplayRejection.ALWAYS  # switched at run time
+    again = cf.purge(
+        request(known_requests=tuple(recorded)),
+        timeout=5,
+        on_requested=lambda d, i: recorded.append((d, i)),
+    )
+    assert again.reused
+    assert again.request_id == first.request_id
+    assert recorded == [(dist, first.request_id)] * 2
+    assert emu.calls("ListInvalidations") == []
+    assert [r.invalidation_id for r in emu.calls("GetInvalidation")][-1] == first.request_id
+    assert len(emu.invalidations()) == 1
+
+
+def test_a_recorded_id_of_another_reference_falls_back_to_the_lookup(
+    emu: CloudFrontEmulator,
+) -> None:
+    dist = emu.add_distribution(["www.example.com"])
+    other = emu.boto3_client().create_invalidation(
+        DistributionId=dist,
+        InvalidationBatch={"CallerReference": "other", "Paths": {"Quantity": 1, "Items": ["/*"]}},
+    )["Invalidation"]["Id"]
+    cf = provider(emu)
+    first = cf.purge(request(), timeout=5)
+    again = cf.purge(request(paths=("/x",), known_requests=((dist, other),)), timeout=5)
+    assert again.reused
+    assert again.request_id == first.request_id
+    assert len(emu.calls("ListInvalidations")) == 1
+
+
+def test_lookup_pages_newest_first_and_tolerates_clock_skew(emu: CloudFrontEmulator) -> None:
+    dist = emu.add_distribution(["www.example.com"])
+    client = emu.boto3_client()
+    cf = provider(emu, page_size=2)
+    first = cf.purge(request(), timeout=5)
+    # Other apps' invalidations after ours: ours is on the second page.
+    newer = [create(client, dist, f"other-{i}") for i in range(3)]
+    emu.clear_requests()
+    # The aggregator's clock ran 2 s ahead of CloudFront's: within the default skew.
+    again = cf.purge(request(paths=("/x",), not_before=time.time() + 2), timeout=5)
+    assert again.reused
+    assert again.request_id == first.request_id
+    assert len(emu.calls("ListInvalidations")) == 2
+    read = [r.invalidation_id for r in emu.calls("GetInvalidation")]
+    assert read[:4] == [*reversed(newer), first.request_id]  # newest first, then found
+
+
+def test_lookup_stops_at_the_first_invalidation_older_than_the_intent(
+    emu: CloudFrontEmulator,
+) -> None:
+    dist = emu.add_distribution(["www.example.com"])
+    client = emu.boto3_client()
+    # This rollout's reference used before its intent was recorded: not ours to claim.
+    create(client, dist, "rollout-1-key", "/old")
+    create(client, dist, "older")
+    time.sleep(0.05)
+    not_before = time.time()
+    time.sleep(0.01)  # CreateTime has millisecond resolution: keep the newer ones clearly newer
+    newer = [create(client, dist, f"newer-{i}") for i in range(3)]
+    emu.clear_requests()
+    cf = provider(emu, page_size=2, replay_skew=0.0)
+    with pytest.raises(PurgeError) as exc:
+        cf.purge(request(not_before=not_before), timeout=5)
+    assert exc.value.code == "CallerReferenceNotFound"
+    assert not exc.value.retryable
+    assert dist in exc.value.message
+    # newer-2, newer-1 | newer-0, older: stopped there, older ones never read back.
+    assert len(emu.calls("ListInvalidations")) == 2
+    assert [r.invalidation_id for r in emu.calls("GetInvalidation")] == list(reversed(newer))
+    assert len(emu.invalidations(dist)) == 5
+
+
+def test_find_confirms_an_earlier_purge_without_making_one(emu: CloudFrontEmulator) -> None:
+    dist = emu.add_distribution(["www.example.com"], completion_delay=float("inf"))
+    cf = provider(emu)
+    not_before = time.time()
+    req = request(targets=(dist,), not_before=not_before)
+    assert cf.find(req, timeout=5) is None  # never made: nothing to confirm, nothing made
+    assert emu.calls("CreateInvalidation") == []
+    first = cf.purge(req, timeout=0.05)  # requested, then "killed" before Completed
+    assert first.status == "timeout"
+    emu.clear_requests()
+    emu.complete()
+    found = cf.find(req, timeout=5)
+    assert found is not None
+    assert (found.request_id, found.status, found.reused) == (first.request_id, "completed", True)
+    assert emu.calls("CreateInvalidation") == []
+    assert len(emu.calls("ListInvalidations")) == 1
+    emu.clear_requests()
+    recorded = request(targets=(dist,), known_requests=((dist, first.request_id),))
+    assert cf.find(recorded, timeout=5) is not None
+    assert {r.operation for r in emu.requests} == {"GetInvalidation"}
+
+
+def test_find_on_several_targets_needs_every_one(emu: CloudFrontEmulator) -> None:
+    a = emu.add_distribution(["a.example.com"])
+    b = emu.add_distribution(["b.example.com"])
+    # The earlier attempt died between its two CreateInvalidations.
+    create(emu.boto3_client(), a, f"rollout-1-key/{a}")
+    assert provider(emu).find(request(targets=(a, b)), timeout=5) is None
+    create(emu.boto3_client(), b, f"rollout-1-key/{b}")
+    found = provider(emu).find(request(targets=(a, b)), timeout=5)
+    assert found is not None
+    assert found.target == f"{a},{b}"
+    assert len(emu.calls("CreateInvalidation", status=201)) == 2  # only the test's own
+
+
+def test_plan_names_the_targets_without_creating_anything(emu: CloudFrontEmulator) -> None:
+    www = emu.add_distribution(["www.example.com"])
+    api = emu.add_distribution(["*.api.example.com"])
+    cf = provider(emu)
+    req = request(domains=("www.example.com", "v1.api.example.com"))
+    planned = cf.plan(req)
+    assert planned == tuple(sorted([www, api]))
+    assert {r.operation for r in emu.requests} == {"ListDistributions"}
+    assert emu.invalidations() == []
+    emu.clear_requests()
+    assert cf.plan(request(distribution_id="EDIRECT")) == ("EDIRECT",)
+    assert cf.plan(request(targets=("E9", "E8"))) == ("E9", "E8")
+    assert emu.requests == []
+    with pytest.raises(PurgeError) as exc:
+        cf.plan(request(domains=("nowhere.example.org",)))
+    assert exc.value.code == "NoDistributionForDomain"
+    with pytest.raises(PurgeError) as exc:
+        cf.plan(request(domains=()))
+    assert exc.value.code == "NoDomains"
+    assert emu.invalidations() == []
+    assert cf.purge(req, timeout=5).target == ",".join(planned)
+
+
+def test_recorded_targets_bypass_domain_resolution(emu: CloudFrontEmulator) -> None:
+    www = emu.add_distribution(["www.example.com"])
+    recorded = emu.add_distribution(["moved.example.com"])
+    # The request's domain now resolves to www; the first attempt planned `recorded`.
+    result = provider(emu).purge(request(targets=(recorded,)), timeout=5)
+    assert result.target == recorded
+    assert emu.calls("ListDistributions") == []
+    assert [(i.distribution_id, i.caller_reference) for i in emu.invalidations()] == [
+        (recorded, "rollout-1-key")
+    ]
+    both = provider(emu).purge(request("k2", targets=(www, recorded)), timeout=5)
+    assert both.target == f"{www},{recorded}"
+    assert emu.count_by_caller_reference()[f"k2/{www}"] == 1
+    assert emu.count_by_caller_reference()[f"k2/{recorded}"] == 1
+
+
+def test_on_requested_is_called_before_the_wait(emu: CloudFrontEmulator) -> None:
+    dist = emu.add_distribution(["www.example.com"], completion_delay=float("inf"))
+    seen: list[tuple[str, str, str]] = []
+
+    def record(dist_id: str, invalidation_id: str) -> None:
+        seen.append((dist_id, invalidation_id, emu.invalidations()[0].status))
+        emu.complete(invalidation_id)  # only reachable by a call made before the wait ends
+
+    result = provider(emu).purge(request(), timeout=5, on_requested=record)
+    assert seen == [(dist, result.request_id, "InProgress")]
+    assert result.status == "completed"
+
+
+def test_a_failing_on_requested_does_not_fail_the_purge(emu: CloudFrontEmulator) -> None:
+    emu.add_distribution(["www.example.com"])
+
+    def broken(dist_id: str, invalidation_id: str) -> None:
+        raise RuntimeError("ledger unavailable")
+
+    result = provider(emu).purge(request(), timeout=5, on_requested=broken)
+    assert result.status == "completed"
+    assert len(emu.invalidations()) == 1
+
+
+def create(client: Any, dist: str, reference: str, path: str = "/*") -> str:
+    batch: Any = {"CallerReference": reference, "Paths": {"Quantity": 1, "Items": [path]}}
+    response = client.create_invalidation(DistributionId=dist, InvalidationBatch=batch)
+    return str(response["Invalidation"]["Id"])
 
 
 def test_backs_off_through_throttling_then_succeeds(emu: CloudFrontEmulator) -> None:

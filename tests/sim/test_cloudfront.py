@@ -11,9 +11,11 @@ import requests
 from botocore.exceptions import ClientError, ConnectionClosedError
 
 from sidecar.sim.cloudfront import (
+    INVALID_PATHS_MESSAGE,
     REUSED_REFERENCE_MESSAGE,
     TEST_ACCESS_KEY_ID,
     CloudFrontEmulator,
+    ReplayRejection,
 )
 
 
@@ -172,6 +174,47 @@ def test_same_reference_with_other_paths_is_an_error(configured: str, status: in
         CloudFrontEmulator(duplicate_reference_error="Nope")
 
 
+def test_replay_rejection_switch_answers_same_path_replays_as_configured() -> None:
+    with CloudFrontEmulator(completion_delay=float("inf")) as emu:
+        client = emu.boto3_client()
+        dist = emu.add_distribution(["www.example.com"])
+        original = client.create_invalidation(
+            DistributionId=dist, InvalidationBatch=batch("k", "/*")
+        )
+        inv_id = original["Invalidation"]["Id"]
+
+        def replay() -> str:
+            again = client.create_invalidation(
+                DistributionId=dist, InvalidationBatch=batch("k", "/*")
+            )
+            return str(again["Invalidation"]["Id"])
+
+        def refused() -> None:
+            with pytest.raises(ClientError) as exc:
+                replay()
+            assert error_of(exc) == ("InvalidArgument", 400, "Sender")
+            assert exc.value.response["Error"]["Message"] == REUSED_REFERENCE_MESSAGE
+
+        assert emu.replay_rejection is ReplayRejection.OFF  # AWS's documented answer by default
+        assert replay() == inv_id
+        emu.replay_rejection = ReplayRejection.ALWAYS
+        refused()  # even while the original is in progress
+        emu.replay_rejection = "after_complete"  # the plain value works too
+        assert emu.replay_rejection is ReplayRejection.AFTER_COMPLETE
+        assert replay() == inv_id  # still in progress: the original
+        emu.complete(inv_id)
+        refused()
+        emu.replay_rejection = ReplayRejection.OFF
+        assert replay() == inv_id
+        assert emu.count_by_caller_reference() == {"k": 1}
+        with pytest.raises(ValueError):
+            emu.replay_rejection = "sometimes"
+    with pytest.raises(ValueError):
+        CloudFrontEmulator(replay_rejection="sometimes")
+    with CloudFrontEmulator(replay_rejection="always") as emu:
+        assert emu.replay_rejection is ReplayRejection.ALWAYS
+
+
 def test_caller_reference_is_scoped_per_distribution(emu: CloudFrontEmulator, client: Any) -> None:
     a = emu.add_distribution(["a.example.com"])
     b = emu.add_distribution(["b.example.com"])
@@ -201,6 +244,21 @@ def test_create_invalidation_validates_the_batch(emu: CloudFrontEmulator, client
         client.create_invalidation(DistributionId="ENOPE", InvalidationBatch=batch("z", "/*"))
     assert error_of(exc)[:2] == ("NoSuchDistribution", 404)
     assert emu.invalidations() == []
+
+
+def test_a_wildcard_only_as_the_last_character_of_a_path(
+    emu: CloudFrontEmulator, client: Any
+) -> None:
+    dist = emu.add_distribution(["www.example.com"])
+    for path in ("/a*b", "/*/index.html", "/img/**", "/*.js"):
+        with pytest.raises(ClientError) as exc:
+            client.create_invalidation(DistributionId=dist, InvalidationBatch=batch("r", path))
+        assert error_of(exc)[:2] == ("InvalidArgument", 400)
+        assert exc.value.response["Error"]["Message"] == INVALID_PATHS_MESSAGE
+    assert emu.invalidations() == []
+    for i, path in enumerate(("/*", "/images/*", "/images/image*", "/index.html")):
+        client.create_invalidation(DistributionId=dist, InvalidationBatch=batch(f"ok{i}", path))
+    assert len(emu.invalidations(dist)) == 4
 
 
 def test_in_progress_then_completed_after_the_delay() -> None:
@@ -275,6 +333,17 @@ def test_list_invalidations_paginates_newest_first(emu: CloudFrontEmulator, clie
     assert listed == list(reversed(created))
     assert pages[0]["InvalidationList"]["NextMarker"] == listed[1]
     assert {i["Status"] for p in pages for i in p["InvalidationList"]["Items"]} == {"Completed"}
+    times = [i["CreateTime"] for p in pages for i in p["InvalidationList"]["Items"]]
+    assert times == sorted(times, reverse=True)
+    last = pages[-1]["InvalidationList"]
+    assert (last["IsTruncated"], "NextMarker" in last, last["MaxItems"]) == (False, False, 2)
+    # GetInvalidation gives back the batch, CallerReference included (the replay lookup's key).
+    got = client.get_invalidation(DistributionId=dist, Id=listed[0])["Invalidation"]
+    assert got["InvalidationBatch"]["CallerReference"] == "k4"
+    assert got["InvalidationBatch"]["Paths"] == {"Quantity": 1, "Items": ["/*"]}
+    empty = emu.add_distribution(["empty.example.com"])
+    none = client.list_invalidations(DistributionId=empty)["InvalidationList"]
+    assert (none["Quantity"], "Items" in none, none["IsTruncated"]) == (0, False, False)
 
 
 # -- limits, faults, auth ---------------------------------------------------------------------

@@ -198,3 +198,24 @@ def _progress_reason(kube: KubeEmulator) -> str | None:
         if cond["type"] == "Progressing":
             return str(cond["reason"])
     return None
+
+
+def test_kubectl_reports_the_servers_validation_errors(
+    kube: KubeEmulator, kubectl: Kubectl
+) -> None:
+    bad = deployment_manifest("web", "nginx:1.27", max_surge="1", max_unavailable="150%")
+    proc = kubectl("apply", "-f", kubectl.write("bad.json", bad), check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith('The Deployment "web" is invalid: \n* spec.strategy')
+    assert "a valid percent string must be a numeric string followed by an ending '%'" in (
+        proc.stderr
+    )
+    assert "must not be greater than 100%" in proc.stderr
+    assert kube.get("deployments", NS, "web") is None
+    big = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}}
+    big["data"] = {"a": "x" * (1024 * 1024 + 1)}
+    proc = kubectl("create", "-f", kubectl.write("big.json", big), check=False)
+    assert proc.returncode == 1
+    assert 'The ConfigMap "big" is invalid: []: Too long: must have at most 1048576 bytes' in (
+        proc.stderr
+    )

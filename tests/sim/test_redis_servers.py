@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import redis
 
-from sidecar.sim.redis_servers import RedisServer, RedisServerError, start_servers
+from sidecar.sim.redis_servers import RedisServer, RedisServerError, reporter_acl, start_servers
 from tests.redis_fixtures import RedisServersFactory
 
 
@@ -122,3 +122,55 @@ def test_servers_do_not_outlive_the_process() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
     )
     assert not _alive(int(out.stdout.strip()))
+
+
+def test_reporter_acl_confines_a_reporter_to_its_namespace(
+    redis_servers: RedisServersFactory,
+) -> None:
+    assert reporter_acl("a") == (
+        "reporter on >pw resetchannels &cache-buster:reports:a "
+        "%W~cache-buster:report:a:* -@all +set +del +publish"
+    )
+    (server,) = redis_servers(1, acl_lines=[reporter_acl("a"), reporter_acl("b", user="rb")])
+    reporter = server.client(username="reporter", password="pw")
+    assert reporter.set("cache-buster:report:a:pod1", "{}", ex=15)
+    assert reporter.publish("cache-buster:reports:a", "{}") == 0
+    assert reporter.delete("cache-buster:report:a:pod1") == 1
+    for refused in (
+        lambda: reporter.set("cache-buster:report:b:pod1", "{}"),
+        lambda: reporter.publish("cache-buster:reports:b", "{}"),
+        lambda: reporter.delete("cache-buster:report:b:pod1"),
+        lambda: reporter.get("cache-buster:report:a:pod1"),  # write-only keys, no reads
+        lambda: reporter.set("cache-buster:ledger", "{}"),
+    ):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            refused()
+    # Namespace b's user is the mirror image.
+    other = server.client(username="rb", password="pw")
+    assert other.set("cache-buster:report:b:pod1", "{}")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        other.set("cache-buster:report:a:pod2", "{}")
+
+
+def test_reporter_acl_fits_the_reporters_own_write_path(
+    redis_servers: RedisServersFactory,
+) -> None:
+    from sidecar.core.grammar import parse_redis_url
+    from sidecar.reporter.config import ReporterConfig
+    from sidecar.reporter.loop import Observation, Reporter
+    from sidecar.reporter.resp import RespError
+
+    (server,) = redis_servers(1, acl_lines=[reporter_acl("a")])
+    address = parse_redis_url(f"redis://reporter:pw@127.0.0.1:{server.port}/0")
+
+    def reporter(namespace: str) -> Reporter:
+        return Reporter(ReporterConfig(pod="pod1", namespace=namespace, redis=address))
+
+    own = reporter("a")
+    assert own.write(Observation(probe_ok=True))  # SET + PUBLISH
+    own.withdraw()  # SET, PUBLISH, DEL, PUBLISH
+    own.client.close()
+    foreign = reporter("b")
+    with pytest.raises(RespError):
+        foreign.write(Observation(probe_ok=True))
+    foreign.client.close()

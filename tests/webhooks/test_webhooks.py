@@ -231,6 +231,8 @@ def test_extended_json_body_is_signed_and_carries_the_event(server: HTTPServer) 
         "status": "purged",
         "reason": None,
         "timings": {"rollout_seconds": 12.5},
+        "attempt": 1,
+        "folded_rollout_id": None,
         "idempotency_id": ev.idempotency_id,
     }
     assert request.headers["Content-Type"] == "application/json"
@@ -423,6 +425,16 @@ def test_stop_aborts_retries(server: HTTPServer) -> None:
     [d] = WebhookSender(cfg, sleep=sleep_and_stop).send(event(), stop=stop)
     assert d.attempts == 1 and not d.ok
     assert len(server.log) == 1
+
+
+def test_idempotency_id_differs_per_attempt_and_keeps_the_first_attempts_id() -> None:
+    first, second = event(), event(attempt=2)
+    assert second.idempotency_id != first.idempotency_id
+    assert second.idempotency_id == event(attempt=2).idempotency_id  # stable per attempt
+    # The first attempt's id is the one earlier versions sent (rollout id and event only).
+    assert first.idempotency_id == idempotency_id("r-123", "completed")
+    digest = hashlib.sha256(b"r-123\ncompleted").hexdigest()
+    assert idempotency_id("r-123", "completed", 1) == f"cb-{digest[:32]}"
 
 
 def test_idempotency_id_is_stable_per_rollout_and_event() -> None:

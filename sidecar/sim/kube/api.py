@@ -7,7 +7,8 @@ and `cache-buster sim`. The real `kubectl` and the official Python client accept
         kube.make_ready("default", "web")
 
 Durations taken from objects (progressDeadlineSeconds, minReadySeconds, pod grace periods)
-and `ready_after` are multiplied by `time_scale`.
+and the pod lifecycle timings (`ready_after`, `app_exit_after`, `sidecar_exit_after`) are
+multiplied by `time_scale`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sidecar.sim.kube.controller import KubeController
 from sidecar.sim.kube.errors import ApiError
 from sidecar.sim.kube.http import KubeHTTPServer
-from sidecar.sim.kube.kubelet import NEVER_READY
+from sidecar.sim.kube.kubelet import NEVER_READY, KubeletOptions
 from sidecar.sim.kube.objects import Obj, controller_uid, pod_active, pod_ready
 from sidecar.sim.kube.patch import clone, merge_patch
 from sidecar.sim.kube.selectors import parse_label_selector
@@ -106,13 +107,41 @@ class KubeEmulator:
         ready_after: float | None = None,
         time_scale: float = 1.0,
         history_limit: int = 10_000,
+        app_exit_after: float | None = 0.3,
+        sidecar_exit_after: float = 0.1,
+        unready_on_delete: bool = False,
+        terminating_replicas: bool = True,
     ) -> None:
+        """`ready_after`: seconds from start to Ready (None: only on command).
+        `app_exit_after`: seconds a deleted pod's app containers drain before they exit
+        (None: they ignore SIGTERM and are killed at the end of the grace period);
+        `sidecar_exit_after`: seconds its sidecars then take to stop, after which the pod is
+        removed; the grace period caps both. `unready_on_delete`: a deleted pod turns not
+        Ready at once (default: Ready until its app exits, as the kubelet keeps probing).
+        `terminating_replicas`: Deployment and ReplicaSet status carry terminatingReplicas
+        (False: omitted, as on servers without the feature). Times scale by `time_scale`."""
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
+        for label, value in (
+            ("app_exit_after", app_exit_after),
+            ("sidecar_exit_after", sidecar_exit_after),
+        ):
+            if value is not None and value < 0:
+                raise ValueError(f"{label} must not be negative")
         self.ready_after = ready_after
         self.time_scale = time_scale
         self.store = Store(history_limit=history_limit)
-        self.controller = KubeController(self.store, time_scale=time_scale, ready_after=ready_after)
+        self.controller = KubeController(
+            self.store,
+            time_scale=time_scale,
+            kubelet=KubeletOptions(
+                ready_after=ready_after,
+                app_exit_after=app_exit_after,
+                sidecar_exit_after=sidecar_exit_after,
+                unready_on_delete=unready_on_delete,
+            ),
+            terminating_replicas=terminating_replicas,
+        )
         self.requests: list[tuple[str, str]] = []
         self._requests_lock = threading.Lock()
         self._server: KubeHTTPServer | None = None

@@ -3,10 +3,10 @@ controller (`replicaset`), a kubelet stand-in and the garbage collector (`kubele
 on k8s.io/kubernetes pkg/controller/{deployment,replicaset}.
 
 One thread, driven by store events (no polling tick) and a timer heap for what happens later:
-pods becoming ready, terminating pods disappearing, minReadySeconds elapsing, progress
-deadlines. Every sync runs under the store lock, so it sees one consistent state.
-Durations in the objects (progressDeadlineSeconds, minReadySeconds, grace periods) and
-`ready_after` are multiplied by `time_scale`.
+pods becoming ready, a terminating pod's app containers exiting and the pod disappearing,
+minReadySeconds elapsing, progress deadlines. Every sync runs under the store lock, so it
+sees one consistent state. Durations in the objects (progressDeadlineSeconds,
+minReadySeconds, grace periods) and the kubelet's timings are multiplied by `time_scale`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections import deque
 from sidecar.sim.kube.deployment import DeploymentController
 from sidecar.sim.kube.deployment_util import find_new_rs
 from sidecar.sim.kube.errors import ApiError
-from sidecar.sim.kube.kubelet import Kubelet
+from sidecar.sim.kube.kubelet import Kubelet, KubeletOptions
 from sidecar.sim.kube.objects import Key, Obj
 from sidecar.sim.kube.replicaset import ReplicaSetController
 from sidecar.sim.kube.store import Store
@@ -32,10 +32,17 @@ log = get_logger("kube.controller")
 
 
 class KubeController:
-    def __init__(self, store: Store, *, time_scale: float, ready_after: float | None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        time_scale: float,
+        kubelet: KubeletOptions,
+        terminating_replicas: bool = True,
+    ) -> None:
         self.store = store
         self.time_scale = time_scale
-        self.ready_after = ready_after
+        self.ready_after = kubelet.ready_after
         self._cond = threading.Condition()
         self._queue: deque[Key] = deque()
         self._queued: set[Key] = set()
@@ -45,9 +52,13 @@ class KubeController:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._busy = False
-        self.kubelet = Kubelet(store, self, ready_after)
-        self.replicasets = ReplicaSetController(store, self, self.kubelet)
-        self.deployments = DeploymentController(store, self)
+        self.kubelet = Kubelet(store, self, kubelet)
+        self.replicasets = ReplicaSetController(
+            store, self, self.kubelet, terminating_replicas=terminating_replicas
+        )
+        self.deployments = DeploymentController(
+            store, self, terminating_replicas=terminating_replicas
+        )
         store.listeners.append(self._on_event)
 
     # ------------------------------------------------------------ what the API facade uses
@@ -164,6 +175,8 @@ class KubeController:
             self.kubelet.sync_pod(key[1], key[2])
         elif kind == "ready":
             self.kubelet.make_ready_when_due(key[1], key[2], key[3])
+        elif kind == "app-exit":
+            self.kubelet.app_exit(key[1], key[2], key[3])
         elif kind == "remove":
             self.kubelet.remove(key[1], key[2], key[3])
         elif kind == "gc":

@@ -46,10 +46,13 @@ from sidecar.sim.kube.store import Store
 
 
 class DeploymentController:
-    def __init__(self, store: Store, scheduler: Scheduler) -> None:
+    def __init__(
+        self, store: Store, scheduler: Scheduler, *, terminating_replicas: bool = True
+    ) -> None:
         self.store = store
         self.scheduler = scheduler
-        self.progress = Progress(store, scheduler)
+        self.terminating_replicas = terminating_replicas
+        self.progress = Progress(store, scheduler, terminating_replicas=terminating_replicas)
 
     def forget(self, uid: str) -> None:
         """The deployment `uid` is gone."""
@@ -295,7 +298,7 @@ class DeploymentController:
 
     def _sync_status_only(self, d: Obj, new_rs: Obj | None, old: list[Obj]) -> None:
         all_rs = [*old, *([new_rs] if new_rs else [])]
-        status = calculate_status(d, new_rs, all_rs)
+        status = calculate_status(d, new_rs, all_rs, terminating=self.terminating_replicas)
         if status != d.get("status"):
             d["status"] = status
             self.progress.write_status(d)

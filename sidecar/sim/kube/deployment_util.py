@@ -251,7 +251,23 @@ def get_proportion(rs: Obj, d: Obj, to_add: int, added: int) -> int:
     return min(fraction, allowed) if to_add > 0 else max(fraction, allowed)
 
 
-def calculate_status(d: Obj, new_rs: Obj | None, all_rs: list[Obj]) -> Obj:
+def terminating_replicas(all_rs: list[Obj]) -> int | None:
+    """GetTerminatingReplicaCountForReplicaSets: unknown (None) if any ReplicaSet's status
+    does not say yet."""
+    total = 0
+    for rs in all_rs:
+        count = (rs.get("status") or {}).get("terminatingReplicas")
+        if count is None:
+            return None
+        total += int(count)
+    return total
+
+
+def calculate_status(
+    d: Obj, new_rs: Obj | None, all_rs: list[Obj], *, terminating: bool = False
+) -> Obj:
+    """The Deployment's status from its ReplicaSets'; `terminating`: with
+    terminatingReplicas."""
     available = sum(rs_status(r, "availableReplicas") for r in all_rs)
     total = sum(spec_replicas(r) for r in all_rs)
     unavailable = max(0, total - available)
@@ -267,6 +283,10 @@ def calculate_status(d: Obj, new_rs: Obj | None, all_rs: list[Obj]) -> Obj:
     ):
         if value:
             status[field] = value
+    if terminating:
+        count = terminating_replicas(all_rs)
+        if count is not None:
+            status["terminatingReplicas"] = count
     if old_status.get("conditions"):
         status["conditions"] = [dict(c) for c in old_status["conditions"]]
     if old_status.get("collisionCount") is not None:

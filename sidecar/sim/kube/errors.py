@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from sidecar.sim.kube.objects import Obj
@@ -54,18 +57,58 @@ def conflict(rt: ResourceType, name: str) -> ApiError:
     )
 
 
-def invalid(rt: ResourceType, name: str, causes: list[tuple[str, str]]) -> ApiError:
-    text = ", ".join(f"{f}: {m}" for f, m in causes)
+class FieldErrorType(Enum):
+    """field.ErrorType: the cause's reason and the words its message starts with."""
+
+    REQUIRED = ("FieldValueRequired", "Required value")
+    INVALID = ("FieldValueInvalid", "Invalid value")
+    NOT_SUPPORTED = ("FieldValueNotSupported", "Unsupported value")
+    FORBIDDEN = ("FieldValueForbidden", "Forbidden")
+    TOO_LONG = ("FieldValueTooLong", "Too long")
+
+    @property
+    def reason(self) -> str:
+        return self.value[0]
+
+    @property
+    def words(self) -> str:
+        return self.value[1]
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One validation failure, rendered as apimachinery's field.Error renders it."""
+
+    type: FieldErrorType
+    field: str
+    detail: str = ""
+    # The bad value as Go prints it (`-1`, `"x"`); None where the type prints no value.
+    value: str | None = None
+
+    def body(self) -> str:
+        text = self.type.words
+        if self.value is not None:
+            text += f": {self.value}"
+        return f"{text}: {self.detail}" if self.detail else text
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.body()}"
+
+
+def invalid(rt: ResourceType, name: str, causes: Sequence[FieldError]) -> ApiError:
+    # One cause prints bare; several as an aggregate, `[a, b]`, as utilerrors does.
+    text = str(causes[0]) if len(causes) == 1 else "[" + ", ".join(map(str, causes)) + "]"
+    kind = rt.kind if not rt.group else f"{rt.kind}.{rt.group}"
     return ApiError(
         422,
         "Invalid",
-        f'{rt.kind}.{rt.group or "core"} "{name}" is invalid: {text}'.replace(".core", ""),
+        f'{kind} "{name}" is invalid: {text}',
         {
             "name": name,
             "group": rt.group,
             "kind": rt.kind,
             "causes": [
-                {"reason": "FieldValueInvalid", "message": m, "field": f} for f, m in causes
+                {"reason": c.type.reason, "message": c.body(), "field": c.field} for c in causes
             ],
         },
     )

@@ -471,15 +471,11 @@ class _Handler(BaseHTTPRequestHandler):
                 if watcher.closed and not watcher.items:
                     break
                 if bookmarks and time.monotonic() >= next_bookmark:
-                    mark = {
-                        "type": "BOOKMARK",
-                        "object": {
-                            "kind": rt.kind,
-                            "apiVersion": rt.api_version,
-                            "metadata": {"resourceVersion": str(store.rv)},
-                        },
-                    }
-                    self._chunk(json.dumps(mark, separators=(",", ":")).encode() + b"\n")
+                    if store.before_bookmark is not None:
+                        store.before_bookmark()
+                    # Through the watcher's queue, behind the events already in it: sent on
+                    # the next round, in order.
+                    store.bookmark(watcher)
                     next_bookmark = time.monotonic() + self.server.bookmark_interval
                 if not batch and self._peer_closed():
                     return

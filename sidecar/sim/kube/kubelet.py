@@ -1,9 +1,14 @@
 """A kubelet stand-in and the garbage collector.
 
-The kubelet schedules and starts a pod in one write (Running, not ready), makes it ready
-`ready_after` seconds later unless it is marked never-ready, and removes a terminating pod
-at the end of its grace period. The garbage collector deletes dependents whose last owner is
-gone (background propagation).
+The kubelet schedules and starts a pod in one write (Running, not ready) and makes it ready
+`ready_after` seconds later unless it is marked never-ready. A deleted pod shuts down in the
+order of Kubernetes 1.29+ with native sidecars: the app containers get SIGTERM and drain for
+`app_exit_after` seconds (the pod stays Ready meanwhile: the real kubelet keeps running
+readiness probes during termination), then exit (`containerStatuses` terminated, pod not
+Ready); the sidecars are stopped only then and take `sidecar_exit_after`; then the pod object
+is removed. The grace period caps it all: what still runs at its end is killed and the pod
+removed. The garbage collector deletes dependents whose last owner is gone (background
+propagation).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
+from dataclasses import dataclass
 
 from sidecar.sim.kube.objects import (
     Obj,
@@ -26,14 +32,43 @@ from sidecar.sim.kube.store import Store
 
 NEVER_READY = "sim.cache-buster.io/never-ready"
 _NODES = ("sim-node-1", "sim-node-2", "sim-node-3")
+# What a container killed at the end of the grace period exits with (SIGKILL).
+_KILLED = (137, "Error")
+_EXITED = (0, "Completed")
+
+
+@dataclass(frozen=True)
+class KubeletOptions:
+    """Pod lifecycle timings, in object seconds (multiplied by the time scale)."""
+
+    ready_after: float | None = None  # None: pods get ready only on command
+    # How long an app container drains after SIGTERM before it exits; None: it ignores
+    # SIGTERM and is killed at the end of the grace period.
+    app_exit_after: float | None = 0.3
+    # How long the sidecars take to stop once the app containers have exited.
+    sidecar_exit_after: float = 0.1
+    # True: a deleted pod turns not Ready at once (an app whose readiness fails on SIGTERM).
+    unready_on_delete: bool = False
+
+
+@dataclass
+class _Termination:
+    """One terminating pod's schedule (monotonic times)."""
+
+    app_exit_at: float
+    remove_at: float
+    grace: float
+    drains: bool  # the app exits on its own before the grace period ends
 
 
 class Kubelet:
-    def __init__(self, store: Store, scheduler: Scheduler, ready_after: float | None) -> None:
+    def __init__(self, store: Store, scheduler: Scheduler, options: KubeletOptions) -> None:
         self.store = store
         self.scheduler = scheduler
-        self.ready_after = ready_after
+        self.options = options
+        self.ready_after = options.ready_after
         self._ready_at: dict[str, float] = {}  # pod uid -> monotonic time it became ready
+        self._terminating: dict[str, _Termination] = {}  # pod uid -> its shutdown schedule
         self._ips = itertools.count(2)
 
     def ready_since(self, uid: str) -> float:
@@ -46,11 +81,75 @@ class Kubelet:
             self.set_ready(pod, True)
 
     def remove(self, ns: str, name: str, uid: str) -> None:
-        """A terminating pod's grace period is over."""
+        """A terminating pod's containers are all gone, or its grace period is over."""
+        pod = self.store.peek("pods", ns, name)
+        if pod is not None and pod["metadata"]["uid"] == uid and not app_exited(pod):
+            self._stop_app(pod, _KILLED)  # what still runs at the end of the grace period
         self.store.remove_now("pods", ns, name, uid)
+        self._terminating.pop(uid, None)
+        self._ready_at.pop(uid, None)
+
+    def app_exit(self, ns: str, name: str, uid: str) -> None:
+        """The app containers of a terminating pod exit: drained, or killed at the end of
+        the grace period."""
+        pod = self.store.peek("pods", ns, name)
+        term = self._terminating.get(uid)
+        if pod is None or pod["metadata"]["uid"] != uid or term is None or app_exited(pod):
+            return
+        self._stop_app(pod, _EXITED if term.drains else _KILLED)
+
+    def _stop_app(self, pod: Obj, exit_code_reason: tuple[int, str]) -> None:
+        if not (pod.get("spec") or {}).get("nodeName"):
+            return
+        new = clone(pod)
+        now = now_iso()
+        code, reason = exit_code_reason
+        for cs in new["status"].get("containerStatuses") or []:
+            started = (cs.get("state") or {}).get("running", {}).get("startedAt", now)
+            cs["state"] = {
+                "terminated": {
+                    "exitCode": code,
+                    "reason": reason,
+                    "startedAt": started,
+                    "finishedAt": now,
+                    "containerID": cs.get("containerID", ""),
+                }
+            }
+            cs["started"] = False
+        self._set_ready_fields(new, False)
+        self._ready_at.pop(pod["metadata"]["uid"], None)
+        self.store.put_internal("pods", pod["metadata"]["namespace"], new)
+
+    def _schedule_termination(self, pod: Obj) -> None:
+        meta = pod["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        grace = float(meta.get("deletionGracePeriodSeconds") or 0)
+        now = time.monotonic()
+        end = now + self.scheduler.scaled(grace)
+        term = self._terminating.get(uid)
+        if term is None:
+            if self.options.unready_on_delete and pod_ready(pod):
+                self.set_ready(pod, False)
+            drain = self.options.app_exit_after
+            drained_at = None if drain is None else now + self.scheduler.scaled(drain)
+            drains = drained_at is not None and drained_at < end
+            app_exit_at = drained_at if drained_at is not None and drains else end
+            after_app = app_exit_at + self.scheduler.scaled(self.options.sidecar_exit_after)
+            term = _Termination(app_exit_at, min(end, after_app), grace, drains)
+            self._terminating[uid] = term
+        elif grace < term.grace:
+            # Deleted again with a shorter grace period: the new deadline counts from now.
+            term.grace = grace
+            term.remove_at = min(term.remove_at, end)
+            if term.app_exit_at >= end:
+                term.app_exit_at, term.drains = end, False
+        if not app_exited(pod):
+            self.scheduler.enqueue_after(("app-exit", ns, name, uid), term.app_exit_at - now)
+        self.scheduler.enqueue_after(("remove", ns, name, uid), term.remove_at - now)
 
     def collect_garbage(self, owner_uid: str) -> None:
         self._ready_at.pop(owner_uid, None)
+        self._terminating.pop(owner_uid, None)
         for res in ("replicasets", "pods"):
             for dep in self.store.dependents(owner_uid, res):
                 refs = dep["metadata"].get("ownerReferences") or []
@@ -75,10 +174,7 @@ class Kubelet:
             return
         meta = pod["metadata"]
         if meta.get("deletionTimestamp"):
-            grace = float(meta.get("deletionGracePeriodSeconds") or 0)
-            self.scheduler.enqueue_after(
-                ("remove", ns, name, meta["uid"]), self.scheduler.scaled(grace)
-            )
+            self._schedule_termination(pod)
             return
         if (pod.get("spec") or {}).get("nodeName"):
             return
@@ -166,6 +262,8 @@ class Kubelet:
             status["conditions"] = conds
 
     def set_ready(self, pod: Obj, ready: bool) -> None:
+        if ready and app_exited(pod):
+            return  # an exited app serves nothing
         if not (pod.get("spec") or {}).get("nodeName"):
             self.sync_pod(pod["metadata"]["namespace"], pod["metadata"]["name"])
             fresh = self.store.peek("pods", pod["metadata"]["namespace"], pod["metadata"]["name"])
@@ -194,3 +292,9 @@ class Kubelet:
             wall = parse_time((condition(pod["status"], "Ready") or {}).get("lastTransitionTime"))
             since = time.monotonic() - (time.time() - wall) if wall is not None else 0.0
         return max(0.0, since + self.scheduler.scaled(min_ready) - time.monotonic())
+
+
+def app_exited(pod: Obj) -> bool:
+    """All app containers (`spec.containers`) have terminated."""
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return bool(statuses) and all("terminated" in (cs.get("state") or {}) for cs in statuses)

@@ -29,6 +29,26 @@ def drop_nulls(value: T) -> T:
     return value
 
 
+_OMITTED_WHEN_EMPTY = ("labels", "annotations")
+
+
+def drop_empty_meta_maps(obj: T) -> T:
+    """Drop `labels: {}` and `annotations: {}` from the object's and its pod template's
+    metadata, in place: they are `omitempty` maps, so the real API's storage never keeps them
+    (and a template with `annotations: {}` hashes as one without)."""
+    if not isinstance(obj, dict):
+        return obj
+    spec = obj.get("spec")
+    template = spec.get("template") if isinstance(spec, dict) else None
+    for holder in (obj, template):
+        meta = holder.get("metadata") if isinstance(holder, dict) else None
+        if isinstance(meta, dict):
+            for key in _OMITTED_WHEN_EMPTY:
+                if meta.get(key) == {}:
+                    del meta[key]
+    return obj
+
+
 def random_suffix(n: int = 5) -> str:
     return "".join(secrets.choice(NAME_ALPHABET) for _ in range(n))
 
@@ -86,5 +106,12 @@ def pod_ready(pod: Obj) -> bool:
 
 def pod_active(pod: Obj) -> bool:
     return not pod["metadata"].get("deletionTimestamp") and (pod.get("status") or {}).get(
+        "phase"
+    ) not in ("Succeeded", "Failed")
+
+
+def pod_terminating(pod: Obj) -> bool:
+    """Deleted, not yet gone, and not Succeeded or Failed: what terminatingReplicas counts."""
+    return bool(pod["metadata"].get("deletionTimestamp")) and (pod.get("status") or {}).get(
         "phase"
     ) not in ("Succeeded", "Failed")

@@ -20,9 +20,12 @@ from sidecar.sim.kube.store import Store
 
 
 class Progress:
-    def __init__(self, store: Store, scheduler: Scheduler) -> None:
+    def __init__(
+        self, store: Store, scheduler: Scheduler, *, terminating_replicas: bool = True
+    ) -> None:
         self.store = store
         self.scheduler = scheduler
+        self.terminating_replicas = terminating_replicas
         self._progress_at: dict[str, tuple[str, float]] = {}  # deployment uid -> (stamp, mono)
         self._dirty = False
 
@@ -71,7 +74,7 @@ class Progress:
         return self._since(d, cond) + self.scheduler.scaled(float(deadline)) < time.monotonic()
 
     def sync_rollout_status(self, d: Obj, new_rs: Obj | None, all_rs: list[Obj]) -> None:
-        status = calculate_status(d, new_rs, all_rs)
+        status = calculate_status(d, new_rs, all_rs, terminating=self.terminating_replicas)
         deadline = d["spec"].get("progressDeadlineSeconds")
         name = d["metadata"]["name"]
         if deadline is None:

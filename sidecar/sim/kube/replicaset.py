@@ -13,6 +13,7 @@ from sidecar.sim.kube.objects import (
     controller_uid,
     pod_active,
     pod_ready,
+    pod_terminating,
     random_suffix,
     spec_replicas,
 )
@@ -21,10 +22,20 @@ from sidecar.sim.kube.store import Store
 
 
 class ReplicaSetController:
-    def __init__(self, store: Store, scheduler: Scheduler, kubelet: Kubelet) -> None:
+    def __init__(
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        kubelet: Kubelet,
+        *,
+        terminating_replicas: bool = True,
+    ) -> None:
         self.store = store
         self.scheduler = scheduler
         self.kubelet = kubelet
+        # status.terminatingReplicas (the DeploymentReplicaSetTerminatingReplicas feature);
+        # off: the field is omitted, as older servers do.
+        self.terminating_replicas = terminating_replicas
 
     def sync_replicaset(self, ns: str, name: str) -> None:
         rs = self.store.peek("replicasets", ns, name)
@@ -68,6 +79,10 @@ class ReplicaSetController:
         ):
             if value:
                 status[field] = value
+        if self.terminating_replicas:
+            # A pointer field: written even when 0. Pods that reached Succeeded or Failed
+            # are not terminating any more.
+            status["terminatingReplicas"] = sum(1 for p in pods if pod_terminating(p))
         if next_check is not None:
             self.scheduler.enqueue_after(("replicasets", ns, name), next_check + 0.001)
         if status != rs.get("status"):

@@ -15,9 +15,17 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from sidecar.sim.kube.errors import ApiError, conflict, expired, invalid, not_found
+from sidecar.sim.kube.errors import (
+    ApiError,
+    FieldError,
+    FieldErrorType,
+    conflict,
+    expired,
+    invalid,
+    not_found,
+)
 from sidecar.sim.kube.fields import FieldRequirement, field_selector_name, fields_match
-from sidecar.sim.kube.objects import Obj, drop_nulls, now_iso, random_suffix
+from sidecar.sim.kube.objects import Obj, drop_empty_meta_maps, drop_nulls, now_iso, random_suffix
 from sidecar.sim.kube.patch import clone
 from sidecar.sim.kube.resources import RESOURCES, ResourceType, apply_defaults
 from sidecar.sim.kube.selectors import Requirement, labels_match
@@ -39,6 +47,9 @@ class Store:
         self._watchers: dict[str, set[Watcher]] = {r: set() for r in RESOURCES}
         self.watch_queue_limit = watch_queue_limit
         self.listeners: list[Listener] = []
+        # Test-only: runs in a watch's thread between a batch of events it sent and the
+        # bookmark that follows (a pause, or a write that races the bookmark).
+        self.before_bookmark: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ internals
 
@@ -83,6 +94,7 @@ class Store:
             self._store_new(RESOURCES["namespaces"], "", {"metadata": {"name": ns}})
 
     def _store_new(self, rt: ResourceType, ns: str, obj: Obj) -> Obj:
+        obj = drop_empty_meta_maps(obj)
         meta = obj.setdefault("metadata", {})
         self.rv += 1
         meta["resourceVersion"] = str(self.rv)
@@ -113,6 +125,7 @@ class Store:
         return obj
 
     def _replace(self, rt: ResourceType, ns: str, new: Obj, old: Obj) -> Obj:
+        new = drop_empty_meta_maps(new)
         if _same_ignoring_rv(new, old):
             return old  # a no-op write changes nothing, as in the real server
         self.rv += 1
@@ -202,7 +215,7 @@ class Store:
 
     def create(self, resource: str, ns: str, obj: Obj) -> Obj:
         rt = RESOURCES[resource]
-        obj = drop_nulls(obj)
+        obj = drop_empty_meta_maps(drop_nulls(obj))
         meta = obj.setdefault("metadata", {})
         if not isinstance(meta, dict):
             raise ApiError(400, "BadRequest", "metadata must be an object")
@@ -221,7 +234,13 @@ class Store:
                     raise invalid(
                         rt,
                         "",
-                        [("metadata.name", "Required value: name or generateName is required")],
+                        [
+                            FieldError(
+                                FieldErrorType.REQUIRED,
+                                "metadata.name",
+                                "name or generateName is required",
+                            )
+                        ],
                     )
                 bucket = self._bucket(rt, ns)
                 name = prefix + random_suffix()
@@ -229,6 +248,7 @@ class Store:
                     name = prefix + random_suffix()
                 meta["name"] = name
             name = str(meta["name"])
+            apply_defaults(rt.plural, obj)  # the server defaults, then validates
             validate(rt, obj, None)
             if name in self._bucket(rt, ns):
                 raise ApiError(
@@ -255,6 +275,7 @@ class Store:
             return clone(self._update_locked(rt, ns, obj, subresource))
 
     def _update_locked(self, rt: ResourceType, ns: str, obj: Obj, subresource: str | None) -> Obj:
+        obj = drop_empty_meta_maps(obj)
         meta = obj["metadata"]
         name = str(meta["name"])
         if rt.namespaced and meta.get("namespace") not in (None, "", ns):
@@ -502,6 +523,13 @@ class Store:
                             initial.append(line)
             self._watchers[resource].add(w)
         return w, initial
+
+    def bookmark(self, w: Watcher) -> None:
+        """Queue a BOOKMARK at the current resourceVersion behind the watcher's events: under
+        the lock every event up to that version is already in its queue, so the bookmark can
+        never overtake one."""
+        with self.lock:
+            w.push(w.bookmark_line(self.rv))
 
     def unwatch(self, w: Watcher) -> None:
         with self.lock:

@@ -90,6 +90,17 @@ class Watcher:
                 self.items.append(line)
             self.cond.notify()
 
+    def bookmark_line(self, rv: int) -> bytes:
+        mark = {
+            "type": "BOOKMARK",
+            "object": {
+                "kind": self.rt.kind,
+                "apiVersion": self.rt.api_version,
+                "metadata": {"resourceVersion": str(rv)},
+            },
+        }
+        return json.dumps(mark, separators=(",", ":")).encode() + b"\n"
+
     def close(self) -> None:
         with self.cond:
             self.closed = True
