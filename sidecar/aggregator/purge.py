@@ -9,10 +9,10 @@ FAILED, reported once. A purge stopped or deposed mid-way is neither: its PURGIN
 in the ledger and whoever leads next resumes it with the same idempotency key
 (docs/architecture.md, guarantees 2 and 3).
 
-Replays (docs/architecture.md, guarantees 3 and 10): before the first CDN call the runner records the purge's plan (targets,
-paths or their digest) in the PURGING intent, and each CDN request id as soon as it is known;
-a resumed purge sends that plan, never what the annotations say by then, so the CDN sees the
-same request and answers with the earlier one.
+Replays (docs/architecture.md, guarantees 3 and 10): before the first CDN call the runner
+records the purge's plan (targets, paths or their digest) in the PURGING intent, and each CDN
+request id as soon as it is known; a resumed purge sends that plan, never what the annotations
+say by then, so the CDN sees the same request and answers with the earlier one.
 """
 
 from __future__ import annotations
@@ -341,6 +341,7 @@ class PurgeRunner:
                 paths=list(request.paths),
                 replay=replay,
                 attempt=intent.attempt,
+                note=intent.note,
                 **fields,
             )
             if completed_at is not None:
@@ -524,6 +525,7 @@ def purge_detail(result: PurgeResult, intent: Intent) -> PurgeDetail:
     """What a settled purge records; its webhooks are owed until marked delivered."""
     return PurgeDetail(
         reused=result.reused,
+        note=intent.note,
         provider=result.provider,
         target=result.target,
         request_id=result.request_id,

@@ -189,6 +189,18 @@ def decide(
                 )
             previous_id = None
         elif _same(target, settled.image):
+            if deferred is not None:
+                # Back to the settled image before any newer rollout completed: the folded
+                # rollout waited for nothing; it purges now under its own id.
+                release = replace(deferred, state=IntentState.PURGING)
+                return Decision(
+                    replace(record, intent=release, deferred=None),
+                    release,
+                    failure,
+                    "back to the settled image: purging the folded rollout",
+                    Verdict.PURGE_DEFERRED,
+                    failed_intent,
+                )
             return Decision(
                 unchanged_or(record), None, failure, "settled", Verdict.SETTLED, failed_intent
             )
@@ -206,7 +218,7 @@ def decide(
         record = replace(record, intent=intent).with_attempt(rid, intent.attempt)
 
     if observation.status.complete:
-        purging = replace(intent, state=IntentState.PURGING)
+        purging = replace(intent, state=IntentState.PURGING, note=observation.note)
         return Decision(
             replace(record, intent=purging),
             purging,

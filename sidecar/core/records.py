@@ -300,6 +300,8 @@ class Intent:
     plan: PurgePlan | None = None
     # Folded into a newer rollout once (rule 11): when released, it purges without folding again.
     folded: bool = False
+    # Why the verdict was given despite something pending (old pods past their timeout).
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The first format's fields (see `ext_dict` for the rest)."""
@@ -320,6 +322,8 @@ class Intent:
             out["plan"] = self.plan.to_dict()
         if self.folded:
             out["folded"] = True
+        if self.note:
+            out["note"] = self.note
         return out if len(out) > 1 else {}
 
     @classmethod
@@ -337,6 +341,7 @@ class Intent:
             attempt=max(1, _int(more.get("attempt", doc.get("attempt")), 1)),
             plan=PurgePlan.from_dict(plan) if plan else None,
             folded=bool(more.get("folded", doc.get("folded", False))),
+            note=more.get("note", doc.get("note")),
         )
 
     def full_dict(self) -> dict[str, Any]:
@@ -344,6 +349,7 @@ class Intent:
         doc = self.to_dict()
         doc["attempt"] = self.attempt
         doc["folded"] = self.folded
+        doc["note"] = self.note
         if self.plan is not None:
             doc["plan"] = self.plan.to_dict()
         return doc

@@ -1,6 +1,8 @@
 """Chaos, one cluster: many apps rolling out at once under random faults (leaders killed and
-replaced, graceful hand-overs, Redis wiped, CloudFront throttling and slow completion,
-supersedes, undos), two leaders during a hand-over, and a ledger conflict storm.
+replaced, graceful hand-overs, Redis wiped, CloudFront throttling and slow completion and
+refusing same-path replays, supersedes, undos, paths changed between a crash and the resume,
+fake and stale report records, a second Deployment claiming an app's key), two leaders during
+a hand-over, and a ledger conflict storm.
 
 What is recorded comes from the emulators themselves, never from cache-buster: every
 Deployment and ledger write is seen synchronously through the API emulator's store listener
@@ -33,7 +35,7 @@ from sidecar.core.images import same_image
 from sidecar.core.records import BASELINE, PURGED, PURGING, idempotency_key
 from sidecar.core.rollout import rollout_status
 from sidecar.providers.cloudfront import CloudFrontProvider
-from sidecar.sim.cloudfront import TEST_SECRET_ACCESS_KEY
+from sidecar.sim.cloudfront import TEST_SECRET_ACCESS_KEY, ReplayRejection
 from sidecar.sim.kube.watch import Event
 from sidecar.sim.redis_servers import RedisServer
 from sidecar.sim.world import World
@@ -170,7 +172,16 @@ class Chaos:
     images: dict[str, list[str]] = field(default_factory=dict)  # every image set, in order
     versions: dict[str, int] = field(default_factory=dict)
     stats: dict[str, int] = field(
-        default_factory=lambda: {"kills": 0, "stops": 0, "wipes": 0, "throttles": 0, "undos": 0}
+        default_factory=lambda: {
+            "kills": 0,
+            "stops": 0,
+            "wipes": 0,
+            "throttles": 0,
+            "undos": 0,
+            "fakes": 0,
+            "paths": 0,
+            "dups": 0,
+        }
     )
     started: int = 0
 
@@ -206,7 +217,8 @@ class Chaos:
             ("slow", 1),
         ]
         if self.mode == "sidecar":
-            actions.append(("wipe", 1))
+            actions += [("wipe", 1), ("fake", 2)]
+        actions += [("paths", 1), ("dup", 1)]
         action = rng.choices([a for a, _ in actions], [w for _, w in actions])[0]
         if action == "new":
             self.versions[app] += 1
@@ -245,14 +257,44 @@ class Chaos:
             self.stats["throttles"] += 1
         elif action == "slow":
             world.cloudfront.set_completion_delay(self.dists[app], rng.choice([0.5, 1.0, 2.0]))
+        elif action == "fake":
+            # Records under pod names that are no pod (or a killed one's, left behind), probe
+            # passing, for the app's newest ReplicaSet: they must never complete a rollout.
+            hashes = [
+                rs["metadata"]["labels"]["pod-template-hash"]
+                for rs in world.kube.list("replicasets", world.namespace)
+                if rs["metadata"]["name"].startswith(f"{app}-")
+            ]
+            if hashes:
+                h = hashes[-1]
+                for n in range(3):
+                    world.write_report(f"{app}-{h}-fake{n}", h, uid=f"fake-{n}")
+                self.stats["fakes"] += 1
+        elif action == "paths":
+            paths = rng.choice(["/*", "/index.html,/assets/*", "/a/*,/b/*,/c"])
+            dep = world.kube.get("deployments", world.namespace, app)
+            assert dep is not None
+            dep["metadata"].setdefault("annotations", {})["cache-buster.io/paths"] = paths
+            with contextlib.suppress(Exception):  # a conflict with the controller: skip
+                world.kube.update("deployments", world.namespace, dep)
+                self.stats["paths"] += 1
+        elif action == "dup":
+            # The blue/green twin claiming the first app's key rolls out and scales: a
+            # configuration error, never a purge.
+            self.versions["dup"] = self.versions.get("dup", 1) + 1
+            with contextlib.suppress(Exception):
+                world.set_image("dup", f"shop/dup:{self.versions['dup']}")
+            with contextlib.suppress(TimeoutError):
+                world.ready_all("dup", timeout=1.0)
+            self.stats["dups"] += 1
 
 
 @pytest.mark.parametrize(
-    ("seed", "mode", "replicas", "n_apps", "steps"),
+    ("seed", "mode", "replicas", "n_apps", "steps", "replays"),
     [
-        (1, "watcher", 3, 8, 70),
-        (2, "sidecar", 2, 6, 60),
-        (3, "watcher", 2, 10, 60),
+        (1, "watcher", 3, 8, 70, ReplayRejection.OFF),
+        (2, "sidecar", 2, 6, 60, ReplayRejection.ALWAYS),
+        (3, "watcher", 2, 10, 60, ReplayRejection.AFTER_COMPLETE),
     ],
 )
 def test_many_apps_under_random_faults(
@@ -263,8 +305,10 @@ def test_many_apps_under_random_faults(
     replicas: int,
     n_apps: int,
     steps: int,
+    replays: ReplayRejection,
 ) -> None:
     rng = random.Random(seed)
+    world.cloudfront.replay_rejection = replays
     rec = Recorder(world.namespace).attach(world)
     apps = [f"app{i}" for i in range(n_apps)]
     dists = {app: world.cloudfront.add_distribution([f"{app}.example.com"]) for app in apps}
@@ -277,7 +321,16 @@ def test_many_apps_under_random_faults(
         world.deploy(app, f"shop/{app}:1", replicas=2, domains=f"{app}.example.com", sidecar=True)
         chaos.images[app] = [f"shop/{app}:1"]
         chaos.versions[app] = 1
-    ready_everything(world, apps)
+    # The twin of the first app: same key, so a configuration error (never watched).
+    world.deploy(
+        "dup",
+        "shop/dup:1",
+        replicas=1,
+        domains=f"{apps[0]}.example.com",
+        sidecar=True,
+        annotations={"cache-buster.io/name": apps[0]},
+    )
+    ready_everything(world, [*apps, "dup"])
     assert world.wait_for(lambda: all(settled_on(world, a, f"shop/{a}:1") for a in apps), 15)
 
     errors: list[BaseException] = []
@@ -319,8 +372,10 @@ def test_many_apps_under_random_faults(
         f"completed={completed} invalidations={len(world.cloudfront.invalidations())} "
         f"kills={chaos.stats['kills']} stops={chaos.stats['stops']} "
         f"wipes={chaos.stats['wipes']} throttles={chaos.stats['throttles']} "
-        f"undos={chaos.stats['undos']}"
+        f"undos={chaos.stats['undos']} fakes={chaos.stats['fakes']} "
+        f"paths={chaos.stats['paths']} dups={chaos.stats['dups']} replays={replays}"
     )
+    assert "dup" not in world.ledger()
 
 
 # -- 2. two leaders during a hand-over ------------------------------------------------------

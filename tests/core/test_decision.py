@@ -295,3 +295,11 @@ def test_back_to_the_folded_image_is_that_rollout_again() -> None:
     assert d.verdict is Verdict.PURGE and d.purge is not None
     assert d.purge.rollout_id == record.intent.rollout_id
     assert d.record is not None and d.record.deferred is None
+
+
+def test_a_folded_rollout_purges_when_the_image_returns_to_the_settled_one() -> None:
+    record = _purging("shop/web:2")
+    assert record.intent is not None
+    d = run(fold(record, record.intent), obs("shop/web:1", Phase.WAITING))
+    assert d.verdict is Verdict.PURGE_DEFERRED
+    assert d.purge is not None and d.purge.rollout_id == record.intent.rollout_id
