@@ -3,10 +3,11 @@ real processes.
 
 - reporter: `cache-buster report` with a probe, idle after its first reports: RSS and private
   (anonymous) memory; budget 40 MiB / 24 MiB.
-- aggregator: `cache-buster aggregate` (sidecar mode) against the emulator holding N
-  Deployments x P pods, each pod reported to Redis through the reporter's own write path
-  (one shared connection, not N*P processes); RSS once every app is settled; budget
-  200 MiB for 1,000 x 10.
+- aggregator: `cache-buster aggregate` (sidecar mode, so with the pod watch: a report counts
+  only for a live pod) against the emulator holding N Deployments x P pods, each pod reported
+  to Redis through the reporter's own write path (one shared connection, not N*P processes);
+  RSS once every app is settled, and the ledger's bytes per app; budget 200 MiB for
+  1,000 x 10.
 
     .venv/bin/python bench/memory.py [--deployments 1000] [--pods 10]
 
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -99,8 +101,11 @@ def aggregator_memory(redis: RedisServer, deployments: int, pods: int) -> dict[s
             if ready >= deployments * pods and kube.settled():
                 break
             time.sleep(0.5)
-        # Every pod reports through the reporter's own write path, over one connection.
+        # Every pod reports through the reporter's own write path, over one connection, and
+        # keeps its heartbeat (REPORT_INTERVAL 5 s, as a real sidecar): the aggregator ignores
+        # a report whose heartbeat is older than REPORT_STALE_AFTER.
         client = RespClient(parse_redis_url(redis.url), timeout=5)
+        reporters = []
         for pod in kube.pods(NS):
             meta = pod["metadata"]
             config = ReporterConfig(
@@ -109,10 +114,19 @@ def aggregator_memory(redis: RedisServer, deployments: int, pods: int) -> dict[s
                 redis=parse_redis_url(redis.url),
                 uid=meta.get("uid", ""),
                 template_hash=meta["labels"].get("pod-template-hash", ""),
-                interval=300,
+                interval=5,
             )
-            Reporter(config, client).write(Observation(probe_ok=True))
-        client.close()
+            reporters.append(Reporter(config, client))
+        beating = threading.Event()
+
+        def heartbeat() -> None:
+            while not beating.is_set():
+                for reporter in reporters:
+                    reporter.write(Observation(probe_ok=True))
+                beating.wait(5)
+
+        beat = threading.Thread(target=heartbeat, daemon=True)
+        beat.start()
 
         kubeconfig = os.path.join(tmp, "kubeconfig")
         kube.write_kubeconfig(kubeconfig, namespace=NS)
@@ -123,12 +137,15 @@ def aggregator_memory(redis: RedisServer, deployments: int, pods: int) -> dict[s
             "REDIS_URL": redis.url,
             "CLUSTER_NAME": "bench",
             "METRICS_PORT": "0",
-            "LOGLEVEL": "warning",
+            "LOGLEVEL": os.environ.get("BENCH_LOGLEVEL", "warning"),
             "POD_NAME": "bench-aggregator",
         }
         started = time.monotonic()
+        # BENCH_AGGREGATOR_LOG=path keeps the aggregator's log (BENCH_LOGLEVEL=info for all).
+        log_path = os.environ.get("BENCH_AGGREGATOR_LOG")
+        log_file = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "aggregate"], env=env, stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "sidecar", "aggregate"], env=env, stderr=log_file
         )
         try:
             settled_after = None
@@ -140,15 +157,22 @@ def aggregator_memory(redis: RedisServer, deployments: int, pods: int) -> dict[s
                 time.sleep(0.5)
             time.sleep(2.0)
             mem = proc_memory(proc.pid)
+            cm = kube.get("configmaps", NS, "cache-buster-ledger") or {}
+            data = cm.get("data") or {}
+            ledger_bytes = sum(len(k) + len(v.encode()) for k, v in data.items())
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=30)
+            beating.set()
+            beat.join(timeout=30)
+            client.close()
     return {
         "process": f"aggregator ({deployments} x {pods} pods)",
         "rss_mib": mem["VmRSS"],
         "anon_mib": mem["RssAnon"],
         "peak_rss_mib": mem["VmHWM"],
         "all_settled_s": None if settled_after is None else round(settled_after, 1),
+        "ledger_bytes_per_app": round(ledger_bytes / max(1, len(data))),
         "budget": "RSS < 200",
     }
 
@@ -163,7 +187,15 @@ def main() -> None:
     logging.getLogger("cache_buster").setLevel(logging.WARNING)
     with RedisServer() as redis:
         rows = [reporter_memory(redis), aggregator_memory(redis, args.deployments, args.pods)]
-    header = ["process", "rss_mib", "anon_mib", "peak_rss_mib", "all_settled_s", "budget"]
+    header = [
+        "process",
+        "rss_mib",
+        "anon_mib",
+        "peak_rss_mib",
+        "all_settled_s",
+        "ledger_bytes_per_app",
+        "budget",
+    ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for row in rows:

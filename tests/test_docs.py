@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from sidecar.sim.redis_servers import reporter_acl
+
 ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
@@ -62,3 +64,9 @@ def test_the_architecture_names_every_sub_package_of_sidecar() -> None:
     assert packages, "no sub-packages found"
     missing = [p for p in packages if f"{p}/" not in text]
     assert missing == []
+
+
+def test_the_readme_acl_line_is_the_one_the_tests_run_against_redis() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    line = reporter_acl("shop", user="reporter-shop", password="PASSWORD")
+    assert f"`user {line}`" in readme

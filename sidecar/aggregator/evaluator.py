@@ -89,7 +89,7 @@ class WorkQueue:
 class _AppState:
     """Per-Deployment bookkeeping of the evaluator (not durable: the ledger is)."""
 
-    last_reason: str = ""
+    last_reason: tuple[str, Waiting | None] = ("", None)  # what app.evaluated said last
     config_error: str | None = None
     warned: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
     # (rollout id, attempt) whose slowness was reported: once per attempt
@@ -308,6 +308,11 @@ class Evaluator:
             self._watch_slow_rollout(p.name, p.cfg, current.intent, p.obs, p.state, p.now)
         elif current.settled is not None and owes_webhooks(current.settled):
             self._runner.resume_webhooks(p.name, p.cfg, current.settled)
+        if p.obs.status.waiting_for in _RECHECK:
+            # Reports can be lost (Redis wiped, pub/sub dropped while disconnected), and a pod
+            # list that arrives before the ReplicaSets names no Deployment: re-read. With or
+            # without an intent (a first sight mid-rollout has none).
+            self._queue.mark(p.name, p.now + self._options.report_recheck_every)
 
     def _warn_once(self, name: str, cfg: AppConfig, state: _AppState) -> None:
         """Likely typos: unknown `cache-buster.io/*` annotations, hook names not in the file."""
@@ -332,9 +337,10 @@ class Evaluator:
         decision: Decision,
         state: _AppState,
     ) -> None:
-        if decision.reason == state.last_reason:
+        said = (decision.reason, obs.status.waiting_for)
+        if said == state.last_reason:
             return
-        state.last_reason = decision.reason
+        state.last_reason = said
         # The rollout this line is about: in flight, else the one settled (never null once
         # the ledger knows the app).
         current = decision.record or record
@@ -351,6 +357,7 @@ class Evaluator:
             rollout=rollout,
             attempt=intent.attempt if intent else None,
             phase=obs.status.phase.value,
+            waiting_for=obs.status.waiting_for.value if obs.status.waiting_for else None,
             reason=decision.reason,
             verdict=decision.verdict.value,
         )
@@ -386,10 +393,6 @@ class Evaluator:
             self._notifier.rollout_slow(name, cfg, intent, obs.status.message)
         elif now < deadline:
             self._queue.mark(name, deadline)
-        if obs.status.waiting_for in _RECHECK:
-            # Reports can be lost (Redis wiped, pub/sub dropped while disconnected), and an
-            # empty pod list sends no event: re-read.
-            self._queue.mark(name, now + self._options.report_recheck_every)
 
     def _rollout_failed(
         self, name: str, cfg: AppConfig, failure: Failure, intent: Intent | None

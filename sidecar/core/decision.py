@@ -133,14 +133,12 @@ def decide(
         intent = None
         if deferred is not None:
             # The rollout the folded one waited for failed: purge the folded one now.
-            release = replace(deferred, state=IntentState.PURGING)
-            return Decision(
-                replace(record, intent=release, deferred=None),
-                release,
+            return _release(
+                record,
+                deferred,
                 failure,
-                f"{failure.reason} before completing: purging the folded rollout",
-                Verdict.PURGE_DEFERRED,
                 failed_intent,
+                f"{failure.reason} before completing: purging the folded rollout",
             )
         if rolled_back and purge_on_rollback and settled is not None:
             # The failed version may have been cached: purge once the rollback completes.
@@ -192,14 +190,12 @@ def decide(
             if deferred is not None:
                 # Back to the settled image before any newer rollout completed: the folded
                 # rollout waited for nothing; it purges now under its own id.
-                release = replace(deferred, state=IntentState.PURGING)
-                return Decision(
-                    replace(record, intent=release, deferred=None),
-                    release,
+                return _release(
+                    record,
+                    deferred,
                     failure,
-                    "back to the settled image: purging the folded rollout",
-                    Verdict.PURGE_DEFERRED,
                     failed_intent,
+                    "back to the settled image: purging the folded rollout",
                 )
             return Decision(
                 unchanged_or(record), None, failure, "settled", Verdict.SETTLED, failed_intent
@@ -234,14 +230,12 @@ def decide(
     ):
         # The newer rollout is taking longer than ROLLOUT_TIMEOUT: the folded one has waited
         # enough. It purges now under its own id; the newer one is followed again after.
-        release = replace(deferred, state=IntentState.PURGING)
-        return Decision(
-            replace(record, intent=release, deferred=None),
-            release,
+        return _release(
+            record,
+            deferred,
             failure,
-            "the newer rollout passed ROLLOUT_TIMEOUT: purging the folded rollout",
-            Verdict.PURGE_DEFERRED,
             failed_intent,
+            "the newer rollout passed ROLLOUT_TIMEOUT: purging the folded rollout",
         )
     return Decision(
         unchanged_or(record),
@@ -249,6 +243,26 @@ def decide(
         failure,
         observation.status.message,
         Verdict.WAITING,
+        failed_intent,
+    )
+
+
+def _release(
+    record: AppRecord,
+    deferred: Intent,
+    failure: Failure | None,
+    failed_intent: Intent | None,
+    reason: str,
+) -> Decision:
+    """The folded rollout purges now, under its own id (rule 11); it is PURGING, and `folded`
+    keeps it from being folded again on a resume."""
+    release = replace(deferred, state=IntentState.PURGING)
+    return Decision(
+        replace(record, intent=release, deferred=None),
+        release,
+        failure,
+        reason,
+        Verdict.PURGE_DEFERRED,
         failed_intent,
     )
 

@@ -202,7 +202,7 @@ def tag_matches_version(image: str, version: str | None) -> bool:
     return v == tag or v.lstrip("vV") == tag.lstrip("vV")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pod:
     """A pod as the pod watch keeps it: only what binds a report to a real pod."""
 

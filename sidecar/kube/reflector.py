@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,6 +27,8 @@ ANNOTATION_PREFIX = "cache-buster.io/"
 HTTP_GONE = 410
 # Seconds a watch request asks the server to keep it open (jittered) before it is renewed.
 WATCH_TIMEOUT = 300
+# Items per LIST page (client-go's pager default).
+LIST_PAGE = 500
 
 Obj = dict[str, Any]
 EventHandler = Callable[[str, Obj], None]
@@ -140,13 +143,15 @@ def trim_pod(obj: Mapping[str, Any]) -> Obj:
     """What binds a report to a real pod: name, uid, template hash, deletion timestamp."""
     meta = obj.get("metadata") or {}
     labels = meta.get("labels") or {}
+    template_hash = labels.get(TEMPLATE_HASH_LABEL)
+    # Thousands of pods share a namespace and a few template hashes: one string each.
     return {
         "metadata": {
             "name": meta.get("name"),
-            "namespace": meta.get("namespace"),
+            "namespace": sys.intern(str(meta.get("namespace") or "")),
             "uid": meta.get("uid"),
             "resourceVersion": meta.get("resourceVersion"),
-            "labels": {TEMPLATE_HASH_LABEL: labels.get(TEMPLATE_HASH_LABEL)},
+            "labels": {TEMPLATE_HASH_LABEL: sys.intern(template_hash) if template_hash else None},
             "deletionTimestamp": meta.get("deletionTimestamp"),
         }
     }
@@ -261,15 +266,32 @@ class Reflector:
         return kwargs
 
     def _relist(self) -> None:
-        doc = read_json(
-            self._list(self._namespace, _request_timeout=self._request_timeout, **self._kwargs())
-        )
+        """LIST in pages of LIST_PAGE (client-go's pager does the same): each page is trimmed
+        as it arrives, so 10,000 full pod objects are never held at once. Every page is from
+        the first page's snapshot; an expired continue token is a 410, and we list again."""
+        fresh: dict[str, Obj] = {}
+        token: str | None = None
+        version: str | None = None
+        while True:
+            kwargs = self._kwargs() | {"limit": LIST_PAGE}
+            if token:
+                kwargs["_continue"] = token
+            doc = read_json(
+                self._list(self._namespace, _request_timeout=self._request_timeout, **kwargs)
+            )
+            for item in doc.get("items") or []:
+                fresh[item["metadata"]["name"]] = self._trim(item)
+            meta = doc.get("metadata") or {}
+            version = version or meta.get("resourceVersion")
+            token = meta.get("continue")
+            del doc
+            if not token:
+                break
         self.lists += 1
-        fresh = {item["metadata"]["name"]: self._trim(item) for item in doc.get("items") or []}
         with self._lock:
             old = self._cache
             self._cache = fresh
-            self._resource_version = doc.get("metadata", {}).get("resourceVersion")
+            self._resource_version = version
         for name, obj in old.items():
             if name not in fresh:
                 self._on_event("DELETED", obj)

@@ -350,3 +350,22 @@ def test_the_jittered_watch_timeout_is_never_zero() -> None:
         with pytest.raises(Recorded):
             reflector._watch()
     assert min(seen) >= 1
+
+
+def test_the_list_is_read_in_pages(
+    kube: KubeEmulator,
+    apps: client.AppsV1Api,
+    reflectors: list[Reflector],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sidecar.kube import reflector as module
+
+    monkeypatch.setattr(module, "LIST_PAGE", 2)
+    for i in range(5):
+        create(kube, f"web{i}")
+    reflector, gate, _ = make(apps, reflectors)
+    reflector.start()
+    assert reflector.synced.wait(5)
+    names = sorted(d["metadata"]["name"] for d in reflector.items())
+    assert names == [f"web{i}" for i in range(5)]
+    assert reflector.lists == 1 and gate.lists == 3  # one LIST, in three pages of 2

@@ -29,17 +29,14 @@ from sidecar.reporter.config import ConfigError, ReporterConfig, load_config
 from sidecar.reporter.health import Liveness
 from sidecar.reporter.loop import Observation, Reporter
 from sidecar.reporter.resp import RespClient, RespError
-from sidecar.sim.redis_servers import RedisServer, free_port
+from sidecar.sim.redis_servers import RedisServer, free_port, reporter_acl
 from tests.redis_fixtures import RedisServersFactory
 
 NS, POD = "shop", "web-7d9f8b6c5d-abcde"
 KEY = f"cache-buster:report:{NS}:{POD}"
 CHANNEL = f"cache-buster:reports:{NS}"
 WAIT = 15.0  # generous upper bound for conditions; nothing asserts how fast they happen
-REPORTER_ACL = (
-    "reporter on >pw resetchannels &cache-buster:reports:* %W~cache-buster:report:* "
-    "-@all +set +del +publish"
-)
+REPORTER_ACL = reporter_acl("shop")
 
 
 def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:

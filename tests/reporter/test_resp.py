@@ -13,15 +13,12 @@ import pytest
 
 from sidecar.core.grammar import RedisEndpoint, parse_redis_url
 from sidecar.reporter.resp import RespClient, RespConnectionError, RespError
-from sidecar.sim.redis_servers import RedisServer, free_port
+from sidecar.sim.redis_servers import RedisServer, free_port, reporter_acl
 from tests.redis_fixtures import RedisServersFactory
 
-# The ACL the kustomize component ships for the reporter (see the report): write its own
-# records, publish on its channels, nothing else. `%W~` (write-only keys) needs Redis 7.
-REPORTER_ACL = (
-    "reporter on >pw resetchannels &cache-buster:reports:* %W~cache-buster:report:* "
-    "-@all +set +del +publish"
-)
+# The reporter's ACL, per namespace (the README's line): write its own namespace's records,
+# publish on its channel, nothing else. `%W~` (write-only keys) needs Redis 7.
+REPORTER_ACL = reporter_acl("ns")
 
 
 def _address(server: RedisServer, **kw: object) -> RedisEndpoint:
