@@ -4,7 +4,6 @@ patch and selector implementations."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,18 +15,6 @@ from sidecar.sim.kube.patch import PatchError, json_patch, merge_patch, strategi
 from sidecar.sim.kube.selectors import SelectorError, labels_match, parse_label_selector
 
 NS = "default"
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeEmulator]:
-    with KubeEmulator(ready_after=None, time_scale=0.02) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def api(kube: KubeEmulator) -> Iterator[client.ApiClient]:
-    with kube.api_client() as api_client:
-        yield api_client
 
 
 def _cm(name: str, labels: dict[str, str] | None = None, **data: str) -> dict[str, Any]:

@@ -9,7 +9,6 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,18 +20,6 @@ from sidecar.sim.kube import KubeEmulator, deployment_manifest
 NS = "default"
 REVISION = "deployment.kubernetes.io/revision"
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeEmulator]:
-    with KubeEmulator(ready_after=None, time_scale=0.02) as emulator:
-        yield emulator
-
-
-@pytest.fixture
-def api(kube: KubeEmulator) -> Iterator[client.ApiClient]:
-    with kube.api_client() as api_client:
-        yield api_client
 
 
 def _status_of(exc: pytest.ExceptionInfo[ApiException]) -> dict[str, Any]:
