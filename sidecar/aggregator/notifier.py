@@ -150,37 +150,31 @@ class Notifier:
 
     def _settled_event(self, name: str, cfg: AppConfig, settled: Settled) -> WebhookEvent:
         d = settled.detail
+        what: dict[str, Any] = {
+            "previous_image": d.from_image or None,
+            "attempt": d.attempt or 1,
+        }
         if settled.outcome is Outcome.SKIPPED:
-            return self._event(
-                Event.SKIPPED,
-                name,
-                cfg,
-                settled.image,
-                settled.rollout_id,
-                previous_image=d.from_image or None,
-                attempt=d.attempt or 1,
-                status=Event.SKIPPED.value,
-                reason=f"{d.error}: {d.message}" if d.error else d.message,
-            )
-        return self._event(
-            Event.COMPLETED if d.status == "completed" else Event.TIMEOUT,
-            name,
-            cfg,
-            settled.image,
-            settled.rollout_id,
-            previous_image=d.from_image or None,
-            attempt=d.attempt or 1,
-            folded_rollout_id=d.folded,
-            provider=d.provider,
-            distribution=d.target,
-            invalidation_id=d.request_id,
-            paths=d.paths or (),
-            status=d.status,
-            timings={
-                "purge_requested_at": d.requested_at or 0.0,
-                "purge_finished_at": d.finished_at or 0.0,
-            },
-        )
+            kind = Event.SKIPPED
+            what |= {
+                "status": Event.SKIPPED.value,
+                "reason": f"{d.error}: {d.message}" if d.error else d.message,
+            }
+        else:
+            kind = Event.COMPLETED if d.status == "completed" else Event.TIMEOUT
+            what |= {
+                "folded_rollout_id": d.folded,
+                "provider": d.provider,
+                "distribution": d.target,
+                "invalidation_id": d.request_id,
+                "paths": d.paths or (),
+                "status": d.status,
+                "timings": {
+                    "purge_requested_at": d.requested_at or 0.0,
+                    "purge_finished_at": d.finished_at or 0.0,
+                },
+            }
+        return self._event(kind, name, cfg, settled.image, settled.rollout_id, **what)
 
     # -- delivery -----------------------------------------------------------------------------
     def _send_async(self, name: str, event: WebhookEvent, cfg: AppConfig) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -422,30 +424,46 @@ def test_each_hooks_outcome_is_recorded_and_a_successor_delivers_only_what_is_ow
 
 
 # -- 10. old pods draining (opt-in) ------------------------------------------------------------
-@pytest.mark.parametrize("terminating_replicas", [True, False])
-def test_wait_for_old_pods_purges_once_no_old_pod_is_left(
-    redis_server: RedisServer, terminating_replicas: bool
-) -> None:
-    kube_options = {"app_exit_after": None, "terminating_replicas": terminating_replicas}
+@contextmanager
+def rolled_out_with_old_pods_draining(
+    redis_server: RedisServer, grace_seconds: int, annotations: dict[str, str], **kube: Any
+) -> Iterator[tuple[World, float]]:
+    """web opted into `wait-for-old-pods`, rolled out from :1 to :2; old pods linger for their
+    whole grace period (their app ignores SIGTERM). Yields the world and when :2 completed."""
+    kube_options = {"app_exit_after": None, **kube}
     with World(redis_url=redis_server.url, time_scale=0.05, kube_options=kube_options) as world:
         world.cloudfront.add_distribution(["www.example.com"])
         world.aggregator()
         world.deploy(
             "web",
             "shop/web:1",
-            annotations={"cache-buster.io/wait-for-old-pods": "true"},
-            termination_grace_period_seconds=40,  # 2 s at this time scale
+            annotations={"cache-buster.io/wait-for-old-pods": "true", **annotations},
+            termination_grace_period_seconds=grace_seconds,
         )
         world.ready_all("web")
         assert world.wait_for(lambda: settled_as(world, "web", "shop/web:1", "baseline"))
         world.set_image("web", "shop/web:2")
         world.ready_all("web")
         done = time.time()
+        yield world, done
+
+
+def the_purge_call(world: World) -> float:
+    assert world.wait_for(lambda: invalidations(world) == 1, 10)
+    assert world.wait_for(lambda: len(create_calls(world)) == 1)
+    (call,) = create_calls(world)
+    return call
+
+
+@pytest.mark.parametrize("terminating_replicas", [True, False])
+def test_wait_for_old_pods_purges_once_no_old_pod_is_left(
+    redis_server: RedisServer, terminating_replicas: bool
+) -> None:
+    with rolled_out_with_old_pods_draining(  # 40 s: 2 s at this time scale
+        redis_server, 40, {}, terminating_replicas=terminating_replicas
+    ) as (world, done):
         old_hash = new_hash(world, "web", "shop/web:1")
-        assert world.wait_for(lambda: invalidations(world) == 1, 10)
-        assert world.wait_for(lambda: len(create_calls(world)) == 1)
-        (call,) = create_calls(world)
-        assert call >= done + 1.0, "purged while old pods were still terminating"
+        assert the_purge_call(world) >= done + 1.0, "purged while old pods were terminating"
         assert not [
             p
             for p in world.kube.pods(world.namespace, "web")
@@ -454,27 +472,10 @@ def test_wait_for_old_pods_purges_once_no_old_pod_is_left(
 
 
 def test_wait_for_old_pods_is_capped_by_its_timeout(redis_server: RedisServer) -> None:
-    kube_options = {"app_exit_after": None}  # old pods linger for their whole grace period
-    with World(redis_url=redis_server.url, time_scale=0.05, kube_options=kube_options) as world:
-        world.cloudfront.add_distribution(["www.example.com"])
-        world.aggregator()
-        world.deploy(
-            "web",
-            "shop/web:1",
-            annotations={
-                "cache-buster.io/wait-for-old-pods": "true",
-                "cache-buster.io/old-pods-timeout": "1s",
-            },
-            termination_grace_period_seconds=600,  # 30 s at this time scale
-        )
-        world.ready_all("web")
-        assert world.wait_for(lambda: settled_as(world, "web", "shop/web:1", "baseline"))
-        world.set_image("web", "shop/web:2")
-        world.ready_all("web")
-        done = time.time()
-        assert world.wait_for(lambda: invalidations(world) == 1, 10)
-        assert world.wait_for(lambda: len(create_calls(world)) == 1)
-        (call,) = create_calls(world)
+    with rolled_out_with_old_pods_draining(  # 600 s: 30 s at this time scale
+        redis_server, 600, {"cache-buster.io/old-pods-timeout": "1s"}
+    ) as (world, done):
+        call = the_purge_call(world)
         assert done + 0.9 <= call < done + 5, "the cap is 1 s past kubectl's verdict"
         assert world.wait_for(lambda: settled_as(world, "web", "shop/web:2", "purged"))
         note = entry(world, "web")["settled"]["detail"].get("note", "")
