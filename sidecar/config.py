@@ -155,6 +155,15 @@ _zone_id = _explained(parse_zone_id, "a Cloudflare zone id")
 _watch_selector = _explained(_selector, "a label selector")
 
 
+PEER_POLICIES = ("skip", "purge")
+
+
+def _peer_policy(text: str) -> str:
+    if text not in PEER_POLICIES:
+        raise ValueError(f"{text!r} is not one of {', '.join(PEER_POLICIES)}")
+    return text
+
+
 def parse_remote_hosts(value: str) -> tuple[RedisEndpoint, ...]:
     """REMOTE_REDIS_HOSTS: peers, comma-separated, no repeats. Raises ValueError."""
     peers: list[RedisEndpoint] = []
@@ -248,8 +257,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CLUSTER_GROUP", "default", "name of the cluster group", _label_value),
     Setting("CLUSTER_NAME", "", "this cluster's name; generated and persisted when unset",
             _label_value, shown="generated"),
-    Setting("GROUP_TIMEOUT", "15m", "how long an unreachable or lagging peer may block a purge",
-            _duration),
+    Setting("CLUSTER_CONFIGMAP", "cache-buster-cluster", "name of the ConfigMap keeping the "
+            "generated cluster name and this namespace's instance id", _object_name),
+    Setting("GROUP_TIMEOUT", "15m", "how long an unreachable peer may block a group purge (then "
+            "`ON_PEER_TIMEOUT`); a reachable peer that lags blocks without limit and is only "
+            "reported after this", _duration),
+    Setting("ON_PEER_TIMEOUT", "skip", "`skip` (the Go worker's: no purge, a `skipped` event; a "
+            "peer that returns and completes purges once) or `purge` (purge without the "
+            "unreachable peer; the claim still holds)", lambda t: _peer_policy(t.lower())),
     Setting("WATCH_SELECTOR", "", "label selector for Deployments (sidecar mode adds "
             f"`{ENABLED_LABEL}=true`)", _watch_selector, unset=""),
     Setting("LEADER_LEASE_NAME", "cache-buster-leader", "name of the leader election Lease",
@@ -309,7 +324,9 @@ class Settings:
     authorization_header: str | None = field(default=_default("TOKEN"), repr=False)
     cluster_group: str = _default("CLUSTER_GROUP")
     cluster_name: str | None = _default("CLUSTER_NAME")
+    cluster_configmap: str = _default("CLUSTER_CONFIGMAP")
     group_timeout: float = _default("GROUP_TIMEOUT")
+    on_peer_timeout: str = _default("ON_PEER_TIMEOUT")
     # What the user set; `effective_selector` is what the watch uses.
     watch_selector: str = _default("WATCH_SELECTOR")
     leader_lease_name: str = _default("LEADER_LEASE_NAME")

@@ -264,11 +264,11 @@ def test_go_worker_environment_and_webhooks_file_drive_a_watcher_run(
     run = _start_go_worker_run(tmp_path, kube, cloudfront, receiver, redis_server, processes)
     agg = run.process
 
-    # The aggregator leads, generates and persists its cluster name in the ledger ConfigMap.
+    # The aggregator leads, generates and persists its cluster name in its own ConfigMap.
     assert wait_for(lambda: bool(lease_holder(kube)), alive=agg.check_alive), agg.output()
-    cm = kube.get("configmaps", NAMESPACE, LEDGER)
+    cm = kube.get("configmaps", NAMESPACE, "cache-buster-cluster")
     assert cm is not None
-    generated = (cm["metadata"].get("annotations") or {}).get("cache-buster.io/cluster-name", "")
+    generated = (cm.get("data") or {}).get("cluster-name", "")
     assert generated.startswith("cluster-")
     assert any(
         e.get("event") == "cluster.generated_name" and e.get("cluster") == generated
@@ -750,6 +750,6 @@ def test_unreachable_api_stops_aggregate_with_one_clear_error(tmp_path: Path) ->
     assert "Traceback" not in done.stderr and "───" not in done.stderr, done.stderr
     errors = [json.loads(line) for line in done.stderr.splitlines() if '"level":"error"' in line]
     assert [e["event"] for e in errors] == ["aggregate.startup_failed"], done.stderr
-    assert "CLUSTER_NAME" in errors[0]["error"]
+    assert "cache-buster-cluster" in errors[0]["error"] and "RBAC" in errors[0]["error"]
     for secret in (REDIS_PASSWORD, TEST_SECRET_ACCESS_KEY, "kube-token-never-logged"):
         assert secret not in done.stdout + done.stderr

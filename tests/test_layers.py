@@ -22,7 +22,12 @@ PACKAGE = ROOT / "sidecar"
 STDLIB = frozenset(sys.stdlib_module_names) | {"__future__"}
 
 # The modules of sidecar.sim that know both sides: the harness and the two commands.
-SIM_HARNESS = {"sidecar.sim.world", "sidecar.sim.demo", "sidecar.sim.cli_sim"}
+SIM_HARNESS = {
+    "sidecar.sim.world",
+    "sidecar.sim.group_world",
+    "sidecar.sim.demo",
+    "sidecar.sim.cli_sim",
+}
 # The root package's __init__ holds only the version string.
 ROOT_INIT = "sidecar"
 

@@ -19,10 +19,12 @@ from sidecar.aggregator.index import OwnershipIndex
 from sidecar.aggregator.metrics import Metrics
 from sidecar.aggregator.notifier import Notifier, owes_webhooks
 from sidecar.aggregator.options import AggregatorOptions
+from sidecar.aggregator.peers import GroupMembers
 from sidecar.aggregator.purge import PurgeRunner
 from sidecar.aggregator.reports import ReportCache
 from sidecar.core.annotations import AppConfig
-from sidecar.core.decision import Decision, Verdict, decide
+from sidecar.core.decision import Decision, GroupDecision, Verdict, decide, decide_in_group
+from sidecar.core.group import PEER_CHECK_EVERY
 from sidecar.core.records import AppRecord, Failure, FailureReason, Intent, Outcome
 from sidecar.core.rollout import Observation, Pod, Waiting, observe
 from sidecar.core.wire import Report
@@ -97,6 +99,7 @@ class _AppState:
     completed_at: dict[str, float] = field(default_factory=dict)  # rollout id -> when seen
     # image -> when kubectl's verdict first said complete (the `old-pods-timeout` clock)
     complete_since: dict[str, float] = field(default_factory=dict)
+    overdue_reported: str | None = None  # rollout id whose lagging peers were reported
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class _Pending:
     decision: Decision
     state: _AppState
     now: float
+    group: GroupDecision | None = None  # cluster groups: what to publish, whether to claim
 
 
 class Evaluator:
@@ -133,7 +137,9 @@ class Evaluator:
         wait_synced: Callable[[float], bool],
         stop: threading.Event,
         clock: Callable[[], float],
+        group: GroupMembers | None = None,
     ) -> None:
+        self._group = group
         self._options = options
         self._queue = queue
         self._index = index
@@ -274,6 +280,26 @@ class Evaluator:
         else:
             state.complete_since.clear()
         record = self._ledger.get(cfg.app)
+        if self._group is not None:
+            since = state.complete_since.get(obs.image or "", now)
+            gd = decide_in_group(
+                group=self._options.group,
+                app=cfg.app,
+                cluster=self._options.cluster,
+                instance=self._options.instance,
+                observation=obs,
+                record=record,
+                view=self._group.view(cfg.app),
+                purge_on_rollback=cfg.purge_on_rollback,
+                now=now,
+                complete_for=now - since,
+                group_timeout=self._options.group_timeout,
+                on_peer_timeout=self._options.on_peer_timeout,
+                owe_webhooks=self._notifier.per_cluster,
+                rollout_timeout=self._options.rollout_timeout,
+            )
+            self._log_decision(name, cfg, obs, record, gd.decision, state, gd)
+            return _Pending(name, dep, cfg, obs, record, gd.decision, state, now, gd)
         decision = decide(
             group=self._options.group,
             app=cfg.app,
@@ -298,8 +324,29 @@ class Evaluator:
         current = decision.record or p.record
         if decision.failed is not None:
             self._rollout_failed(p.name, p.cfg, decision.failed, decision.failed_intent)
+        gd = p.group
+        if gd is not None and self._group is not None:
+            self._group.publish_state(gd.state)
+            if gd.link is not None:
+                self._group.publish_link(gd.link)
         if decision.verdict is Verdict.RESUMING_SUPERSEDED and decision.purge is not None:
             self._runner.confirm_or_fold(p.name, p.dep, p.cfg, decision.purge)
+        elif gd is not None and gd.claim is not None and gd.claim_for is not None:
+            rollout = gd.claim_for.rollout_id
+            seen = p.state.completed_at.setdefault(rollout, p.now)
+            settled = current.settled
+            self._runner.claim(
+                p.name,
+                p.dep,
+                p.cfg,
+                gd.claim,
+                gd.claim_for,
+                seen,
+                settled.seq if settled is not None else -1,
+                decision.reason,
+            )
+        elif gd is not None and decision.verdict is Verdict.WAITING_FOR_GROUP:
+            self._waiting_for_group(p, gd)
         elif decision.purge is not None:
             rollout = decision.purge.rollout_id
             seen = p.state.completed_at.setdefault(rollout, p.now)
@@ -313,6 +360,31 @@ class Evaluator:
             # list that arrives before the ReplicaSets names no Deployment: re-read. With or
             # without an intent (a first sight mid-rollout has none).
             self._queue.mark(p.name, p.now + self._options.report_recheck_every)
+
+    def _waiting_for_group(self, p: _Pending, gd: GroupDecision) -> None:
+        """Complete here, waiting for the group: peers that lag past GROUP_TIMEOUT are
+        reported once per rollout (never skipped: they may still finish); unreachable ones
+        are looked at again soon (the give-up at GROUP_TIMEOUT needs an evaluation)."""
+        agreement = gd.agreement
+        rollout = gd.state.rollout_id
+        if agreement is not None and agreement.overdue and p.state.overdue_reported != rollout:
+            p.state.overdue_reported = rollout
+            log.warning(
+                LogEvent.GROUP_WAITING_OVERDUE,
+                app=p.cfg.app,
+                image=p.obs.image,
+                cluster=self._options.cluster,
+                rollout=rollout,
+                waiting_for=list(agreement.overdue),
+                reason=agreement.reason,
+                members=dict(agreement.states),
+            )
+            intent = (p.decision.record or p.record).intent
+            if intent is not None:
+                self._notifier.rollout_slow(
+                    p.name, p.cfg, intent, f"waiting for peers: {agreement.reason}"
+                )
+        self._queue.mark(p.name, p.now + PEER_CHECK_EVERY)
 
     def _warn_once(self, name: str, cfg: AppConfig, state: _AppState) -> None:
         """Likely typos: unknown `cache-buster.io/*` annotations, hook names not in the file."""
@@ -336,6 +408,7 @@ class Evaluator:
         record: AppRecord,
         decision: Decision,
         state: _AppState,
+        group: GroupDecision | None = None,
     ) -> None:
         said = (decision.reason, obs.status.waiting_for)
         if said == state.last_reason:
@@ -360,6 +433,8 @@ class Evaluator:
             waiting_for=obs.status.waiting_for.value if obs.status.waiting_for else None,
             reason=decision.reason,
             verdict=decision.verdict.value,
+            # In a group, the member states the decision was based on.
+            **({"members": dict(group.agreement.states)} if group and group.agreement else {}),
         )
         settled = decision.record.settled if decision.record is not None else None
         if settled is not None and settled.outcome is Outcome.BASELINE:

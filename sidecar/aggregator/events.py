@@ -21,3 +21,10 @@ class LogEvent(enum.StrEnum):
     # A completed rollout whose purge was never requested, folded into a newer rollout.
     ROLLOUT_FOLDED = "rollout.folded"
     WEBHOOK_FAILED = "webhook.failed"  # a hook's retries are exhausted: not retried again
+    # Cluster groups.
+    GROUP_WAITING_OVERDUE = "group.waiting_overdue"  # lagging peers past GROUP_TIMEOUT
+    GROUP_CLAIM_WON = "group.claim_won"
+    GROUP_CLAIM_NOT_WON = "group.claim_not_won"  # held by another, settled or stale
+    GROUP_CLAIM_UNREACHABLE = "group.claim_place_unreachable"
+    GROUP_SKIPPED = "group.skipped"  # a peer unreachable past GROUP_TIMEOUT: no purge
+    GROUP_ADOPTED = "group.adopted"  # this cluster took the group's settled rollout

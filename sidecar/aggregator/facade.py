@@ -13,9 +13,10 @@ leadership right before the CDN call.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -27,11 +28,13 @@ from sidecar.aggregator.index import OwnershipIndex
 from sidecar.aggregator.metrics import Metrics
 from sidecar.aggregator.notifier import Notifier
 from sidecar.aggregator.options import AggregatorOptions
-from sidecar.aggregator.purge import DomainSource, PurgeRunner
+from sidecar.aggregator.peers import GroupMembers
+from sidecar.aggregator.purge import DomainSource, GroupRole, PurgeRunner
 from sidecar.aggregator.reports import ReportCache
 from sidecar.config import MODES
 from sidecar.core.annotations import AppConfig
 from sidecar.core.annotations import app_config as default_app_config
+from sidecar.core.group import claim_holder
 from sidecar.kube.leader import LeaderElector
 from sidecar.kube.ledger import Ledger
 from sidecar.kube.reflector import Reflector, trim_deployment, trim_pod, trim_replicaset
@@ -42,6 +45,19 @@ from sidecar.webhooks.sender import WebhookSender
 log = get_logger("aggregator")
 
 Obj = dict[str, Any]
+
+# The ledger annotation that keeps the group's learned member names (endpoint -> name).
+MEMBERS_ANNOTATION = "cache-buster.io/group-members"
+
+
+def _known_names(ledger: Ledger) -> dict[str, str]:
+    try:
+        ledger.load()
+        doc = json.loads(ledger.annotation(MEMBERS_ANNOTATION) or "{}")
+    except Exception as exc:  # unreadable: learned again from the peers' heartbeats
+        log.warning("group.names_unreadable", error=str(exc)[:200])
+        return {}
+    return {str(k): str(v) for k, v in doc.items()} if isinstance(doc, dict) else {}
 
 
 class Aggregator:
@@ -56,11 +72,18 @@ class Aggregator:
         redis_client: redis.Redis | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
+        peers: Sequence[tuple[str, redis.Redis]] = (),
+        local_endpoint: str = "local",
     ) -> None:
+        """`peers`: the cluster group's other members, (endpoint as shown, client); empty:
+        single-cluster mode. A group needs `redis_client` (this cluster's Redis) in either
+        mode, as the Go worker did."""
         if options.mode not in MODES:
             raise ValueError(f"unknown mode {options.mode!r}")
         if options.mode == "sidecar" and redis_client is None:
             raise ValueError("sidecar mode needs the cluster's Redis for the pods' reports")
+        if peers and redis_client is None:
+            raise ValueError("a cluster group needs this cluster's Redis (REDIS_HOST)")
         self.options = options
         self.metrics = metrics or Metrics()
         ns = options.namespace
@@ -117,6 +140,27 @@ class Aggregator:
             on_started_leading=self._on_started_leading,
             on_stopped_leading=self._on_stopped_leading,
         )
+        self.group: GroupMembers | None = None
+        group_role: GroupRole | None = None
+        if peers and redis_client is not None:
+            self.group = GroupMembers(
+                group=options.group,
+                cluster=options.cluster,
+                instance=options.instance,
+                namespace=ns,
+                local=(local_endpoint, redis_client),
+                peers=peers,
+                on_change=self._on_group_change,
+                known_names=_known_names(self.ledger),
+                on_learned=self._keep_names,
+                clock=clock,
+            )
+            group_role = GroupRole(
+                members=self.group,
+                group=options.group,
+                holder=claim_holder(options.cluster, options.instance, options.identity),
+                lease=options.lease_duration,
+            )
         notifier = Notifier(
             webhooks,
             namespace=ns,
@@ -142,6 +186,7 @@ class Aggregator:
             retry_max=options.purge_retry_max,
             renew_deadline=options.renew_deadline,
             retry_period=options.retry_period,
+            group=group_role,
         )
         self._evaluator = Evaluator(
             options,
@@ -160,6 +205,7 @@ class Aggregator:
             wait_synced=self.wait_synced,
             stop=self._stop,
             clock=clock,
+            group=self.group,
         )
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -179,6 +225,8 @@ class Aggregator:
             self._start_pod_watch()
         if self.reports is not None:
             self.reports.start()
+        if self.group is not None:
+            self.group.start()
         for target, name in ((self._evaluator.run, "evaluator"), (self._elect, "elector")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -199,6 +247,8 @@ class Aggregator:
         self.pods.stop()
         if self.reports is not None:
             self.reports.stop()
+        if self.group is not None:
+            self.group.stop()
         log.info(LogEvent.STOPPED, namespace=self.options.namespace)
 
     def _start_pod_watch(self) -> None:
@@ -245,6 +295,26 @@ class Aggregator:
         name = self._index.deployment_of_hash(template_hash)
         if name:
             self._queue.mark(name)
+
+    def _on_group_change(self, app: str | None) -> None:
+        """A member's record of `app` changed (None: anything may have): re-evaluate."""
+        names = (
+            self._index.deployments_of_key(app)
+            if app is not None
+            else [d["metadata"]["name"] for d in self.deployments.items()]
+        )
+        for name in names:
+            self._queue.mark(name)
+
+    def _keep_names(self, names: dict[str, str]) -> None:
+        """Learned member names go to the ledger: the claim place stays known while a peer
+        is down, across restarts."""
+        if not self.is_leader():
+            return
+        try:
+            self.ledger.set_annotation(MEMBERS_ANNOTATION, json.dumps(names, sort_keys=True))
+        except Exception as exc:
+            log.warning("group.names_not_kept", error=str(exc)[:200])
 
     def _on_started_leading(self) -> None:
         self.metrics.leader.set(1)

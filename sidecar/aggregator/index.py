@@ -68,6 +68,11 @@ class OwnershipIndex:
             touched.discard(name)
             return (name, *sorted(touched))
 
+    def deployments_of_key(self, key: str) -> list[str]:
+        """The Deployments that carry app key `key` (a cluster group's records are by key)."""
+        with self._lock:
+            return sorted(self._claims.get(key, {}))
+
     def app_owner(self, key: str) -> KeyOwner | None:
         """The Deployment that holds `key` when several claim it; None when one or none does.
         The rule, deterministic on every replica: the Deployment named like the key (the key

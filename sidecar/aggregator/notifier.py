@@ -28,6 +28,7 @@ from sidecar.core.records import (
 )
 from sidecar.kube.ledger import Ledger
 from sidecar.logs import get_logger
+from sidecar.webhooks.config import Scope
 from sidecar.webhooks.events import Event, WebhookEvent
 from sidecar.webhooks.sender import Delivery, DeliveryOutcome, WebhookSender
 
@@ -81,6 +82,12 @@ class Notifier:
         self._ledger = ledger
         self._metrics = metrics
         self._stop = stop
+
+    @property
+    def per_cluster(self) -> bool:
+        """The webhooks file's `"scope": "cluster"`: every cluster of a group sends its own
+        `completed` (the Go worker's behaviour), not only the claim winner."""
+        return self._sender is not None and self._sender.config.scope is Scope.CLUSTER
 
     def unknown_hooks(self, names: Sequence[str]) -> list[str]:
         """Hook names an app asks for that the webhooks file does not define."""

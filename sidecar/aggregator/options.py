@@ -22,6 +22,12 @@ class AggregatorOptions:
     label_selector: str | None = None
     group: str = _DEFAULTS.cluster_group
     cluster: str = "local"
+    # This namespace's instance id (sidecar.kube.identity): tells two writers claiming one
+    # cluster name apart.
+    instance: str = ""
+    # Cluster groups (used only when peers are configured).
+    group_timeout: float = _DEFAULTS.group_timeout
+    on_peer_timeout: str = _DEFAULTS.on_peer_timeout
     identity: str = "aggregator"
     lease_name: str = _DEFAULTS.leader_lease_name
     lease_duration: float = _DEFAULTS.lease_duration

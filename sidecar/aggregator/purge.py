@@ -23,13 +23,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import redis
+
+from sidecar.aggregator.claim import ClaimLease, ClaimState, acquire
 from sidecar.aggregator.events import LogEvent
 from sidecar.aggregator.metrics import Metrics
 from sidecar.aggregator.notifier import Notifier
+from sidecar.aggregator.peers import GroupMembers, read_link
 from sidecar.core.annotations import AppConfig
 from sidecar.core.backoff import PURGE_RETRY, Backoff
 from sidecar.core.decision import after_failed_purge, after_purge, after_skipped, fold
 from sidecar.core.domains import app_domains
+from sidecar.core.group import PEERS_UNREACHABLE, ChainLink, ClaimKind, InFlight, claim_key
 from sidecar.core.records import (
     AppRecord,
     Intent,
@@ -129,6 +134,17 @@ class DomainSource:
         return app_domains(dep, (), ingresses, services)
 
 
+@dataclass(frozen=True)
+class GroupRole:
+    """What the purge runner needs in a cluster group: the members (claim place, mirrors),
+    this holder's claim value, and the claim's lease."""
+
+    members: GroupMembers
+    group: str
+    holder: str
+    lease: float
+
+
 @dataclass
 class _Retries:
     backoff: Backoff = field(default_factory=lambda: Backoff(PURGE_RETRY))
@@ -154,7 +170,9 @@ class PurgeRunner:
         retry_max: float,
         renew_deadline: float,
         retry_period: float,
+        group: GroupRole | None = None,
     ) -> None:
+        self._group = group
         self._namespace = namespace
         self._cluster = cluster
         self._providers = providers
@@ -190,6 +208,33 @@ class PurgeRunner:
             return
         self.flights.run(
             name, f"purge-{name}", lambda: self._purge(name, dep, cfg, intent, completed_at)
+        )
+
+    def claim(
+        self,
+        name: str,
+        dep: Obj,
+        cfg: AppConfig,
+        kind: ClaimKind,
+        intent: Intent,
+        completed_at: float | None,
+        derived_from_seq: int,
+        reason: str,
+    ) -> None:
+        """Cluster groups: take the group's claim for `intent`, then purge (or skip) as its
+        winner, in a thread of its own (the claim place may be slow: no other app waits)."""
+        if self.flights.busy(name):
+            return
+        retries = self._retries.get(name)
+        if retries is not None and retries.retry_at > self._clock():
+            self._mark(name, retries.retry_at)
+            return
+        self.flights.run(
+            name,
+            f"claim-{name}",
+            lambda: self._claim_then(
+                name, dep, cfg, kind, intent, completed_at, derived_from_seq, reason
+            ),
         )
 
     def confirm_or_fold(self, name: str, dep: Obj, cfg: AppConfig, intent: Intent) -> None:
@@ -280,6 +325,7 @@ class PurgeRunner:
         planned = replace(intent, plan=plan)
         if not self._update_intent(cfg, intent, planned):
             return None
+        self._mirror_plan(cfg, planned)  # a group's successor claimer resumes this request
         return planned, replace(request, targets=targets, domains=())
 
     def _update_intent(self, cfg: AppConfig, intent: Intent, new: Intent) -> bool:
@@ -423,9 +469,9 @@ class PurgeRunner:
                 return
             if current.plan.requests.get(target) == request_id:
                 return
-            self._update_intent(
-                cfg, intent, replace(current, plan=current.plan.with_request(target, request_id))
-            )
+            updated = replace(current, plan=current.plan.with_request(target, request_id))
+            if self._update_intent(cfg, intent, updated):
+                self._mirror_plan(cfg, updated)
 
         return record
 
@@ -494,6 +540,177 @@ class PurgeRunner:
         finally:
             self._mark(name, None)
 
+    # -- cluster groups: the claim ---------------------------------------------------------
+    def _claim_then(
+        self,
+        name: str,
+        dep: Obj,
+        cfg: AppConfig,
+        kind: ClaimKind,
+        intent: Intent,
+        completed_at: float | None,
+        derived_from_seq: int,
+        reason: str,
+    ) -> None:
+        """The claim winner alone writes PURGING and calls the CDN (docs/architecture.md,
+        "Cluster groups", the claim). Not won: held by another (its outcome arrives through
+        the mirrors; re-checked after half a lease, in case the holder died), settled at the
+        claim place already, or stale (the chain moved): re-evaluate, which adopts the head."""
+        group = self._group
+        assert group is not None
+        fields = {
+            "app": cfg.app,
+            "image": intent.image,
+            "cluster": self._cluster,
+            "rollout": intent.rollout_id,
+            "kind": str(kind),
+        }
+        retry: float | None = None
+        halt = _WhileLeading(self._stop, self._leading_for, self._margin)
+        try:
+            if halt.is_set():
+                return
+            place = group.members.view(cfg.app).claim_place()
+            client = group.members.client_of(place.name) if place and place.name else None
+            if place is None or client is None:
+                log.info(LogEvent.GROUP_CLAIM_UNREACHABLE, reason="member names unknown", **fields)
+                retry = 1.0
+                return
+            try:
+                result = acquire(
+                    client,
+                    group=group.group,
+                    app=cfg.app,
+                    rollout=intent.rollout_id,
+                    kind=kind,
+                    holder=group.holder,
+                    lease=group.lease,
+                    derived_from_seq=derived_from_seq,
+                )
+            except redis.RedisError as exc:
+                # While the claim place does not answer nobody purges.
+                log.warning(
+                    LogEvent.GROUP_CLAIM_UNREACHABLE,
+                    place=place.name,
+                    error=str(exc)[:200],
+                    **fields,
+                )
+                retry = 1.0
+                return
+            if result.state is not ClaimState.WON:
+                log.info(
+                    LogEvent.GROUP_CLAIM_NOT_WON,
+                    place=place.name,
+                    state=str(result.state),
+                    holder=result.holder,
+                    **fields,
+                )
+                if result.state is ClaimState.HELD:
+                    retry = group.lease / 2
+                else:
+                    self._note_place_link(client, cfg.app, place.name or "")
+                return
+            log.info(LogEvent.GROUP_CLAIM_WON, place=place.name, reason=reason, **fields)
+            lease = ClaimLease(
+                client,
+                claim_key(group.group, cfg.app, intent.rollout_id, kind),
+                group.holder,
+                group.lease,
+                margin=self._margin,
+            ).start()
+            settled = False
+            try:
+                held = _WhileLeading(
+                    self._stop,
+                    lambda: min(self._leading_for(), lease.valid_for()),
+                    self._margin,
+                )
+                if kind is ClaimKind.SKIP:
+                    settled = self._group_skip(name, cfg, intent, reason, fields)
+                    return
+                purging = self._to_purging(cfg, intent)
+                if purging is None:
+                    log.info("purge.superseded_in_ledger", **fields)
+                    return
+                self._purge_once(name, dep, cfg, purging, held, completed_at)
+                current = self._ledger.get(cfg.app).settled
+                settled = current is not None and current.rollout_id == intent.rollout_id
+            finally:
+                # Released once the outcome is mirrored (a later claim finds the rollout
+                # settled at the claim place); otherwise kept until its lease ends.
+                if settled:
+                    lease.release()
+                else:
+                    lease.stop()
+        finally:
+            self._mark(name, None if retry is None else self._clock() + retry)
+
+    def _note_place_link(self, client: redis.Redis, app: str, place: str) -> None:
+        """Our caches lag the claim place's chain head: take it from there now."""
+        group = self._group
+        assert group is not None
+        try:
+            link = read_link(client, group.group, app)
+        except redis.RedisError:
+            return
+        if link is not None:
+            group.members.note_link(place, link)
+
+    def _to_purging(self, cfg: AppConfig, intent: Intent) -> Intent | None:
+        """The winner's intent becomes PURGING (with the plan of a predecessor's in-flight
+        purge, mirrored by it, when there is one: the same request, the same key)."""
+        group = self._group
+        assert group is not None
+        for _ in range(5):
+            current = self._ledger.get(cfg.app)
+            cur = current.intent
+            if cur is None or cur.rollout_id != intent.rollout_id:
+                return None
+            if cur.state is IntentState.PURGING:
+                return cur
+            new = replace(cur, state=IntentState.PURGING)
+            flight = group.members.inflight(cfg.app, intent.rollout_id)
+            if flight is not None and new.plan is None:
+                new = replace(new, plan=PurgePlan.from_dict(flight.plan))
+                log.info(
+                    "group.inflight_resumed",
+                    app=cfg.app,
+                    rollout=intent.rollout_id,
+                    started_by=flight.cluster,
+                )
+            if self._ledger.compare_and_set(cfg.app, current, replace(current, intent=new)):
+                return new
+            self._ledger.load()
+        return None
+
+    def _mirror_plan(self, cfg: AppConfig, intent: Intent) -> None:
+        if self._group is None or intent.plan is None:
+            return
+        flight = InFlight(
+            cfg.app, intent.rollout_id, self._cluster, intent.plan.to_dict(), self._clock()
+        )
+        self._group.members.mirror_inflight(flight)
+
+    def _group_skip(
+        self, name: str, cfg: AppConfig, intent: Intent, reason: str, fields: dict[str, Any]
+    ) -> bool:
+        """A peer unreachable past GROUP_TIMEOUT (ON_PEER_TIMEOUT=skip): the rollout settles
+        SKIPPED for the group, decided once here and mirrored; `skipped` is sent from here.
+        A returning peer that completes it reopens it (decision rule 6)."""
+        log.warning(LogEvent.GROUP_SKIPPED, reason=reason, **fields)
+        self._metrics.rollouts.labels(app=cfg.app, result="skipped").inc()
+        detail = PurgeDetail(
+            error=PEERS_UNREACHABLE,
+            message=reason[:300],
+            from_image=intent.from_image or "",
+            webhooks=WebhookState.PENDING,
+        )
+        settled = self._settle(cfg, intent, after_skipped, detail)
+        if settled is None:
+            return False
+        self._notifier.deliver_then_mark(name, cfg, settled)
+        return True
+
     def _count(self, cfg: AppConfig, outcome: str) -> None:
         self._metrics.purges.labels(app=cfg.app, provider=cfg.provider, outcome=outcome).inc()
 
@@ -515,6 +732,11 @@ class PurgeRunner:
                 return None
             new = outcome(current, intent, self._clock(), detail)
             if self._ledger.compare_and_set(cfg.app, current, new):
+                if self._group is not None and new.settled is not None:
+                    # A group decision: its outcome to the claim place and every member.
+                    self._group.members.mirror_link(
+                        ChainLink.of(cfg.app, new.settled, self._cluster)
+                    )
                 return new.settled
             self._ledger.load()
         log.error("ledger.settle_failed", app=cfg.app, rollout=intent.rollout_id)

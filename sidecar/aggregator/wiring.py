@@ -11,6 +11,7 @@ from sidecar.aggregator.metrics import Metrics
 from sidecar.aggregator.options import AggregatorOptions
 from sidecar.config import ConfigError, Settings
 from sidecar.core.grammar import RedisEndpoint
+from sidecar.core.group import PEER_SOCKET_TIMEOUT
 from sidecar.logs import get_logger
 from sidecar.providers.base import Provider
 from sidecar.webhooks.sender import WebhookSender
@@ -69,7 +70,7 @@ def _describe_api_error(err: BaseException) -> str:
     return _one_line(f"{type(err).__name__}: {err}")
 
 
-def redis_client(endpoint: RedisEndpoint) -> Any:
+def redis_client(endpoint: RedisEndpoint, timeout: float = 5.0) -> Any:
     """A redis-py client for every field of the endpoint, TLS options included (the same ones
     the reporter's client honours; see sidecar.core.grammar)."""
     import redis
@@ -88,8 +89,8 @@ def redis_client(endpoint: RedisEndpoint) -> Any:
         db=endpoint.db,
         username=endpoint.username,
         password=endpoint.password,
-        socket_timeout=5,
-        socket_connect_timeout=5,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
         health_check_interval=15,
         decode_responses=True,
         **tls,
@@ -107,13 +108,14 @@ def providers(settings: Settings) -> dict[str, Provider]:
     }
 
 
-def options(settings: Settings, cluster: str) -> AggregatorOptions:
+def options(settings: Settings, cluster: str, instance: str) -> AggregatorOptions:
     return AggregatorOptions(
         namespace=settings.namespace,
         mode=settings.mode,
         label_selector=settings.effective_selector or None,
         group=settings.cluster_group,
         cluster=cluster,
+        instance=instance,
         identity=settings.pod_name or socket.gethostname(),
         lease_name=settings.leader_lease_name,
         lease_duration=settings.lease_duration,
@@ -123,6 +125,8 @@ def options(settings: Settings, cluster: str) -> AggregatorOptions:
         invalidation_timeout=settings.invalidation_timeout,
         rollout_timeout=settings.rollout_timeout,
         report_stale_after=settings.report_stale_after,
+        group_timeout=settings.group_timeout,
+        on_peer_timeout=settings.on_peer_timeout,
     )
 
 
@@ -134,40 +138,66 @@ def build_aggregator(
     redis_override: Any = None,
     metrics: Metrics | None = None,
 ) -> Aggregator:
-    """Raises StartupError when CLUSTER_NAME is unset and the generated name cannot be read
-    or persisted (API unreachable, RBAC missing for the ledger ConfigMap)."""
-    from sidecar.kube.ledger import Ledger
+    """Raises StartupError when the cluster identity (generated name, instance id) cannot be
+    read or persisted (API unreachable, RBAC missing for the cluster ConfigMap)."""
+    from kubernetes import client
 
-    cluster = settings.cluster_name
-    if not cluster:
-        from kubernetes import client
+    from sidecar.kube.identity import IdentityError, load_identity
 
-        try:
-            cluster = Ledger(
-                client.CoreV1Api(api_client), settings.namespace, settings.ledger_configmap
-            ).cluster_name()
-        except Exception as err:
-            # Without a cluster name there is no group protocol: stop with one clear line
-            # (the pod restarts with backoff) rather than a traceback.
-            raise StartupError(
-                f"CLUSTER_NAME is unset and the generated name could not be kept in ConfigMap "
-                f"{settings.namespace}/{settings.ledger_configmap} ({_describe_api_error(err)}); "
-                "check the API server and the RBAC for configmaps, or set CLUSTER_NAME"
-            ) from None
-        log.info("cluster.generated_name", cluster=cluster)
+    try:
+        identity = load_identity(
+            client.CoreV1Api(api_client),
+            settings.namespace,
+            settings.cluster_configmap,
+            configured_name=settings.cluster_name,
+            ledger_name=settings.ledger_configmap,
+        )
+    except IdentityError as err:
+        raise StartupError(_one_line(str(err))) from None  # says what to fix
+    except Exception as err:
+        # Without a cluster identity there is no group protocol: stop with one clear line
+        # (the pod restarts with backoff) rather than a traceback.
+        raise StartupError(
+            f"the cluster identity could not be kept in ConfigMap "
+            f"{settings.namespace}/{settings.cluster_configmap} ({_describe_api_error(err)}); "
+            "check the API server and the RBAC for configmaps (get, create, update)"
+        ) from None
+    cluster = identity.name
+    if identity.generated:
+        log.info(
+            "cluster.generated_name",
+            cluster=cluster,
+            configmap=f"{settings.namespace}/{settings.cluster_configmap}",
+        )
+        if settings.remote_redis:
+            log.warning(
+                "cluster.name_not_set",
+                cluster=cluster,
+                hint="in a cluster group every cluster should set CLUSTER_NAME: a generated "
+                f"name is tied to ConfigMap {settings.namespace}/{settings.cluster_configmap}, "
+                "and deleting it makes the group see a new member",
+            )
     redis_conn = None
-    if settings.mode == "sidecar":
+    # The pods' reports (sidecar mode) and a cluster group (either mode, as the Go worker)
+    # meet in this cluster's Redis.
+    if settings.mode == "sidecar" or settings.remote_redis:
         redis_conn = redis_override if redis_override is not None else redis_client(settings.redis)
+    # One client (own pool, short timeouts) per peer: a silent peer blocks only its own.
+    peers = [
+        (p.display_url, redis_client(p, timeout=PEER_SOCKET_TIMEOUT)) for p in settings.remote_redis
+    ]
     sender = WebhookSender(
         settings.webhooks,
         default_timeout=settings.webhook_timeout,
         default_retries=settings.webhook_retries,
     )
     return Aggregator(
-        options(settings, cluster),
+        options(settings, cluster, identity.instance),
         api_client,
         providers=provider_map if provider_map is not None else providers(settings),
         webhooks=sender,
         redis_client=redis_conn,
         metrics=metrics,
+        peers=peers,
+        local_endpoint=settings.redis.display_url,
     )

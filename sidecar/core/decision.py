@@ -20,6 +20,11 @@ The rules (docs/architecture.md, "Decision rules"):
   fails, is rolled back or passes `ROLLOUT_TIMEOUT`;
 - every attempt of a rollout id is numbered: a retry of an image that failed before is a new
   attempt of the same rollout (same CDN key, its own webhook ids and timeout report).
+
+In a cluster group `decide_in_group` wraps `decide`: the group's chain head is adopted first
+(so every member derives the same rollout id), a complete rollout purges only when `agree`
+says every member is complete on the same id, and then only through the group's claim (the
+claim winner alone writes PURGING and calls the CDN; the others copy its outcome).
 """
 
 from __future__ import annotations
@@ -27,6 +32,20 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, replace
 
+from sidecar.core.group import (
+    PEERS_UNREACHABLE,
+    Accord,
+    Agreement,
+    ChainLink,
+    ClaimKind,
+    GroupPhase,
+    GroupView,
+    MemberState,
+    adopt,
+    agree,
+    baseline_allowed,
+    chain_head,
+)
 from sidecar.core.images import same_image
 from sidecar.core.records import (
     AppRecord,
@@ -39,7 +58,7 @@ from sidecar.core.records import (
     Settled,
     rollout_id,
 )
-from sidecar.core.rollout import Observation
+from sidecar.core.rollout import Observation, Phase
 
 
 class Verdict(enum.StrEnum):
@@ -56,6 +75,12 @@ class Verdict(enum.StrEnum):
     SETTLED = "settled"
     PURGE = "purge"  # the rollout completed
     WAITING = "waiting"  # the rollout is not complete: `reason` is the rollout's status
+    # Cluster groups: complete here, waiting for the group (`reason` says for whom) ...
+    WAITING_FOR_GROUP = "waiting_for_group"
+    # ... or agreed: take the group's claim (purge, or skip per ON_PEER_TIMEOUT).
+    CLAIM = "claim"
+    # A rollout the group skipped (a peer unreachable) now complete everywhere: purge it once.
+    REOPEN = "reopen"
 
 
 @dataclass(frozen=True)
@@ -300,5 +325,199 @@ def _settle(
     if record.deferred is not None and record.deferred.rollout_id != intent.rollout_id:
         detail = replace(detail, folded=record.deferred.rollout_id)
     detail = replace(detail, attempt=intent.attempt)
-    settled = Settled(intent.image, intent.rollout_id, outcome, now, detail)
+    # The chain (docs/architecture.md, "One rollout id for the group"): the new link names the
+    # settled rollout it derives from. A reopened group skip settles the same id again: same
+    # predecessor, next sequence number.
+    before = record.settled
+    if before is not None and before.rollout_id == intent.rollout_id:
+        previous, seq = before.previous, before.seq + 1
+    else:
+        previous = before.rollout_id if before is not None else None
+        seq = before.seq + 1 if before is not None else 1
+    settled = Settled(
+        intent.image, intent.rollout_id, outcome, now, detail, previous=previous, seq=seq
+    )
     return replace(record, settled=settled, intent=None, deferred=None, attempts={})
+
+
+# -- cluster groups ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GroupDecision:
+    """`decide` in a cluster group: the local decision (its record as the ledger must hold it:
+    a complete rollout stays FOLLOWING until this cluster wins the claim), what this cluster
+    publishes for the app, and whether to take the group's claim, for which intent."""
+
+    decision: Decision
+    state: MemberState
+    link: ChainLink | None  # the chain head this cluster holds (mirrored in its Redis)
+    agreement: Agreement | None = None
+    claim: ClaimKind | None = None
+    claim_for: Intent | None = None
+
+
+_PHASES = {
+    Phase.COMPLETE: GroupPhase.COMPLETE,
+    Phase.WAITING: GroupPhase.PROGRESSING,
+    Phase.STALLED: GroupPhase.STALLED,
+    Phase.PAUSED: GroupPhase.PAUSED,
+}
+
+
+def decide_in_group(
+    *,
+    group: str,
+    app: str,
+    cluster: str,
+    instance: str,
+    observation: Observation,
+    record: AppRecord,
+    view: GroupView,
+    purge_on_rollback: bool,
+    now: float,
+    complete_for: float,
+    group_timeout: float,
+    on_peer_timeout: str,
+    owe_webhooks: bool = False,
+    rollout_timeout: float | None = None,
+) -> GroupDecision:
+    """The group's rules (docs/architecture.md, "Cluster groups"), in order:
+    1. adopt the head of the longest chain this cluster sees (its ledger, every reachable
+       member's mirror): a cluster that is behind takes the group's last settled rollout, and
+       the id of what it follows is re-derived from it;
+    2. never a local baseline while a member holds a record for the app or does not answer;
+    3. `decide` as a single cluster would;
+    4. a rollout complete here is complete for the group only when `agree` says so: then the
+       claim is taken (purge, or skip per ON_PEER_TIMEOUT); until then it stays FOLLOWING;
+    5. a PURGING intent (claimed before: a resumed, or released folded purge) re-takes the
+       claim before any CDN call;
+    6. a rollout the group skipped for an unreachable peer, complete everywhere now, reopens:
+       it purges once under the same id."""
+    head = chain_head(view.links())
+    adopted = adopt(record, head, group=group, app=app, owe_webhooks=owe_webhooks)
+
+    def written(rec: AppRecord | None) -> AppRecord | None:
+        rec = adopted if rec is None else rec
+        return None if rec == record else rec
+
+    def result(
+        decision: Decision,
+        rid: str | None,
+        agreement: Agreement | None = None,
+        claim: ClaimKind | None = None,
+        claim_for: Intent | None = None,
+        complete: bool | None = None,
+    ) -> GroupDecision:
+        current = decision.record or adopted
+        done = observation.status.complete if complete is None else complete
+        phase = (
+            GroupPhase.NO_IMAGE
+            if observation.image is None
+            else GroupPhase.COMPLETE
+            if done
+            else _PHASES[observation.status.phase]
+        )
+        if phase is GroupPhase.COMPLETE and observation.status.phase is not Phase.COMPLETE:
+            phase = GroupPhase.PROGRESSING
+        settled = current.settled
+        state = MemberState(
+            cluster=cluster,
+            instance=instance,
+            app=app,
+            image=observation.image,
+            rollout_id=rid,
+            phase=phase,
+            ready=observation.ready,
+            desired=observation.desired,
+            at=now,
+            head=settled.rollout_id if settled is not None else None,
+        )
+        link = ChainLink.of(app, settled, cluster) if settled is not None else None
+        decision = replace(decision, record=written(decision.record))
+        return GroupDecision(decision, state, link, agreement, claim, claim_for)
+
+    if adopted.settled is None and observation.status.complete and not baseline_allowed(view):
+        waiting = Decision(
+            None,
+            None,
+            None,
+            "first sight: no baseline while a member holds a record or does not answer",
+            Verdict.WAITING_FOR_GROUP,
+        )
+        return result(waiting, None, complete=False)
+
+    local = decide(
+        group=group,
+        app=app,
+        observation=observation,
+        record=adopted,
+        purge_on_rollback=purge_on_rollback,
+        now=now,
+        rollout_timeout=rollout_timeout,
+    )
+    current = local.record or adopted
+
+    def agreement_on(rid: str) -> Agreement:
+        me = MemberState(
+            cluster, instance, app, observation.image, rid, GroupPhase.COMPLETE, at=now
+        )
+        return agree(
+            me,
+            view,
+            group_timeout=group_timeout,
+            complete_for=complete_for,
+            on_peer_timeout=on_peer_timeout,
+        )
+
+    if local.verdict is Verdict.PURGE and local.purge is not None:
+        # Rule 4: complete here; the group decides. The intent stays FOLLOWING in the ledger:
+        # PURGING is written by the claim winner alone, right before its CDN call.
+        following = replace(local.purge, state=IntentState.FOLLOWING)
+        rec = replace(current, intent=following)
+        agreement = agreement_on(following.rollout_id)
+        base = replace(local, record=rec, purge=None)
+        if agreement.accord is Accord.WAIT:
+            waiting = replace(base, reason=agreement.reason, verdict=Verdict.WAITING_FOR_GROUP)
+            return result(waiting, following.rollout_id, agreement)
+        kind = ClaimKind.SKIP if agreement.accord is Accord.SKIP else ClaimKind.PURGE
+        claim = replace(base, reason=f"group agreed: {agreement.reason}", verdict=Verdict.CLAIM)
+        return result(claim, following.rollout_id, agreement, kind, following)
+
+    if local.purge is not None:
+        # Rule 5: a PURGING intent (resumed, released) is finished only under the claim.
+        return result(
+            local, local.purge.rollout_id, None, ClaimKind.PURGE, local.purge, complete=True
+        )
+
+    settled = current.settled
+    if (
+        local.verdict is Verdict.SETTLED
+        and settled is not None
+        and settled.outcome is Outcome.SKIPPED
+        and settled.detail.error == PEERS_UNREACHABLE
+        and observation.status.complete
+    ):
+        # Rule 6: the peer given up on is back and the rollout is complete everywhere.
+        agreement = agreement_on(settled.rollout_id)
+        if agreement.accord is Accord.PURGE and not agreement.given_up:
+            reopened = Intent(
+                image=settled.image,
+                rollout_id=settled.rollout_id,
+                from_image=settled.detail.from_image or None,
+                state=IntentState.FOLLOWING,
+                started_at=now,
+            )
+            rec = replace(current, intent=reopened)
+            decision = Decision(
+                rec,
+                None,
+                local.failed,
+                "a skipped rollout is complete on every member now: purge once",
+                Verdict.REOPEN,
+                local.failed_intent,
+            )
+            return result(decision, settled.rollout_id, agreement, ClaimKind.PURGE, reopened)
+        return result(local, settled.rollout_id, agreement)
+
+    intent = current.intent
+    rid = intent.rollout_id if intent is not None else settled.rollout_id if settled else None
+    return result(local, rid)

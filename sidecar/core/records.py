@@ -257,6 +257,11 @@ class PurgeDetail:
         )
 
 
+# The chain fields of a settled record (docs/architecture.md, "One rollout id for the group")
+# travel inside `detail`, whose unknown keys the first format's readers keep.
+_CHAIN_PREVIOUS, _CHAIN_SEQ = "chain_previous", "chain_seq"
+
+
 @dataclass(frozen=True)
 class Settled:
     image: str
@@ -264,24 +269,38 @@ class Settled:
     outcome: Outcome
     at: float
     detail: PurgeDetail = field(default_factory=PurgeDetail)
+    # The chain of settled rollouts: the rollout id this one derives from, and how many
+    # settled rollouts precede it (a baseline is 0). The longest chain's head wins.
+    previous: str | None = None
+    seq: int = 0
 
     def to_dict(self) -> dict[str, Any]:
+        detail = self.detail.to_dict()
+        if self.previous is not None:
+            detail[_CHAIN_PREVIOUS] = self.previous
+        if self.seq:
+            detail[_CHAIN_SEQ] = str(self.seq)
         return {
             "image": self.image,
             "rollout_id": self.rollout_id,
             "outcome": str(self.outcome),
             "at": self.at,
-            "detail": self.detail.to_dict(),
+            "detail": detail,
         }
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Settled:
+        detail = dict(doc.get("detail") or {})
+        previous = detail.pop(_CHAIN_PREVIOUS, None)
+        seq = _int(detail.pop(_CHAIN_SEQ, 0), 0)
         return cls(
             image=doc["image"],
             rollout_id=doc["rollout_id"],
             outcome=Outcome(doc["outcome"]),
             at=doc["at"],
-            detail=PurgeDetail.from_dict(doc.get("detail") or {}),
+            detail=PurgeDetail.from_dict(detail),
+            previous=None if previous is None else str(previous),
+            seq=max(0, seq),
         )
 
 

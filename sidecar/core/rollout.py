@@ -309,6 +309,9 @@ class Observation:
     # Set when the verdict was given despite something still pending (old pods past the
     # `old-pods-timeout`): logged and reported with the purge.
     note: str | None = None
+    # New pods ready (their reports in sidecar mode, else updated and available): shown in a
+    # cluster group's state and `cache-buster status`, never decided on.
+    ready: int = 0
 
 
 def observe(
@@ -338,6 +341,10 @@ def observe(
     new = new_replicaset(deployment, rs_list)
     new_hash = _get(new, "metadata", "labels", TEMPLATE_HASH_LABEL) if new else None
     desired = int(_get(deployment, "spec", "replicas", default=1))
+    ready = min(
+        int(_get(deployment, "status", "updatedReplicas", default=0) or 0),
+        int(_get(deployment, "status", "availableReplicas", default=0) or 0),
+    )
     if status.complete and reports is not None and desired > 0:
         if new_hash is None:
             status = Status(
@@ -349,6 +356,7 @@ def observe(
             status = Status(Phase.WAITING, "waiting for the pod list", Waiting.PODS)
         else:
             count = count_reports(new_hash, desired, image or "", reports, pods)
+            ready = count.ready
             if not count.satisfied:
                 detail = f" ({'; '.join(count.problems[:3])})" if count.problems else ""
                 status = Status(
@@ -376,4 +384,5 @@ def observe(
         new_rs_hash=new_hash,
         desired=desired,
         note=note,
+        ready=ready,
     )

@@ -9,7 +9,6 @@ silently overwrite each other's record for an app: the loser re-reads and re-dec
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +23,6 @@ log = get_logger("ledger")
 
 _DEFAULTS = Settings()
 
-CLUSTER_NAME_KEY = "cache-buster.io/cluster-name"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "cache-buster"}
 
 
@@ -181,21 +179,25 @@ class Ledger:
         self._resource_version = written["metadata"]["resourceVersion"]
         self._exists = True
 
-    # -- cluster identity -------------------------------------------------------------------
-    def cluster_name(self) -> str:
-        """The generated cluster id for a cluster without CLUSTER_NAME: made once, kept in the
-        ledger ConfigMap's annotations so every restart and every replica agrees."""
+    # -- annotations ----------------------------------------------------------------------------
+    def annotation(self, key: str) -> str | None:
+        """One of the ledger ConfigMap's annotations as last read (`load`)."""
+        with self._lock:
+            return self._annotations.get(key)
+
+    def set_annotation(self, key: str, value: str) -> None:
+        """Write one annotation (compare-and-set on the resourceVersion, re-read on a
+        conflict): the cluster group's learned member names live here."""
         with self._lock:
             for _ in range(5):
-                self._load_locked()
-                existing = self._annotations.get(CLUSTER_NAME_KEY)
-                if existing:
-                    return existing
-                self._annotations[CLUSTER_NAME_KEY] = f"cluster-{uuid.uuid4().hex[:10]}"
+                if self._annotations.get(key) == value and self._exists:
+                    return
+                self._annotations[key] = value
                 try:
                     self._write_locked(dict(self._records))
-                    return self._annotations[CLUSTER_NAME_KEY]
+                    return
                 except ApiException as exc:
                     if exc.status not in (409, 404):
                         raise
-            raise LedgerError("could not persist a generated cluster name")
+                    self._load_locked()
+            raise LedgerError(f"ledger {self.namespace}/{self.name}: too many conflicting writes")

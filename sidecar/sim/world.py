@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +17,7 @@ from sidecar.aggregator.facade import Aggregator
 from sidecar.aggregator.options import AggregatorOptions
 from sidecar.core.grammar import RedisEndpoint as RedisAddress
 from sidecar.core.grammar import parse_redis_url
+from sidecar.core.group import PEER_SOCKET_TIMEOUT
 from sidecar.logs import get_logger
 from sidecar.providers.cloudfront import CloudFrontProvider
 from sidecar.reporter.config import ReporterConfig
@@ -206,15 +207,19 @@ class World:
         redis_url: str | None = None,
         report_interval: float = 0.5,
         kube_options: Mapping[str, Any] | None = None,
+        cloudfront: CloudFrontEmulator | None = None,
+        receiver: WebhookReceiver | None = None,
     ) -> None:
         """`kube_options`: more KubeEmulator keywords (`app_exit_after`, `unready_on_delete`,
-        `terminating_replicas`, ...)."""
+        `terminating_replicas`, ...). `cloudfront`, `receiver`: shared with other worlds (a
+        cluster group's clusters purge one CDN), started and stopped by their owner."""
         self.namespace = namespace
         self.kube = KubeEmulator(
             ready_after=ready_after, time_scale=time_scale, **dict(kube_options or {})
         )
-        self.cloudfront = CloudFrontEmulator(completion_delay=completion_delay)
-        self.receiver = WebhookReceiver()
+        self._shared = cloudfront is not None
+        self.cloudfront = cloudfront or CloudFrontEmulator(completion_delay=completion_delay)
+        self.receiver = receiver or WebhookReceiver()
         self._own_redis: FakeRedisServer | None = None
         self._redis_url = redis_url
         self._report_interval = report_interval
@@ -226,8 +231,9 @@ class World:
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> World:
         self.kube.start()
-        self.cloudfront.start()
-        self.receiver.start()
+        if not self._shared:
+            self.cloudfront.start()
+            self.receiver.start()
         return self
 
     def stop(self) -> None:
@@ -239,8 +245,9 @@ class World:
             self._fake_client.close()
         if self._own_redis is not None:
             self._own_redis.stop()
-        self.receiver.stop()
-        self.cloudfront.stop()
+        if not self._shared:
+            self.receiver.stop()
+            self.cloudfront.stop()
         self.kube.stop()
 
     def __enter__(self) -> World:
@@ -326,8 +333,11 @@ class World:
         )
 
     def provider(self, **kw: Any) -> CloudFrontProvider:
+        key = kw.pop("access_key", None)
         return CloudFrontProvider(
-            client_factory=self.cloudfront.boto3_client,
+            client_factory=(lambda: self.cloudfront.boto3_client(aws_access_key_id=key))
+            if key
+            else self.cloudfront.boto3_client,
             poll_interval=kw.pop("poll_interval", 0.05),
             backoff_base=kw.pop("backoff_base", 0.05),
             backoff_cap=kw.pop("backoff_cap", 0.5),
@@ -355,6 +365,9 @@ class World:
             "purge_retry_max": 0.5,
             "cluster": "sim-1",
         }
+        peers: Sequence[str] = options.pop("peers", ())
+        # Its own CloudFront access key: the emulator then names the sender of each request.
+        key = options.pop("access_key", None)
         selector = "cache-buster.io/enabled=true" if mode == "sidecar" else None
         opts = AggregatorOptions(
             namespace=self.namespace,
@@ -364,18 +377,32 @@ class World:
             **{**defaults, **options},
         )
         redis_client = None
-        if mode == "sidecar":
+        if mode == "sidecar" or peers:
             redis_client = redis.Redis.from_url(
                 self.redis_url, decode_responses=True, socket_timeout=2, socket_connect_timeout=2
             )
+        peer_clients = [
+            (
+                url,
+                redis.Redis.from_url(
+                    url,
+                    decode_responses=True,
+                    socket_timeout=PEER_SOCKET_TIMEOUT,
+                    socket_connect_timeout=PEER_SOCKET_TIMEOUT,
+                ),
+            )
+            for url in peers
+        ]
         agg = Aggregator(
             opts,
             self.kube.api_client(),
-            providers={"cloudfront": self.provider()},
+            providers={"cloudfront": self.provider(access_key=key)},
             webhooks=WebhookSender(parse_webhooks(webhooks, source="sim"), sleep=time.sleep)
             if webhooks
             else None,
             redis_client=redis_client,
+            peers=peer_clients,
+            local_endpoint=self.redis_url if peers else "local",
         )
         self.aggregators.append(agg)
         return agg.start() if start else agg

@@ -4,7 +4,6 @@ through the official client against the Kubernetes API emulator."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +20,7 @@ from sidecar.core.records import (
     Settled,
     rollout_id,
 )
-from sidecar.kube.ledger import CLUSTER_NAME_KEY, MANAGED_BY, Ledger
+from sidecar.kube.ledger import MANAGED_BY, Ledger
 from sidecar.sim.kube import KubeEmulator
 
 NS = "default"
@@ -195,51 +194,6 @@ def test_records_round_trip(core: client.CoreV1Api) -> None:
     assert AppRecord.from_json(record.to_json()) == record
     assert Ledger(core, NS).compare_and_set("web", AppRecord(), record)
     assert Ledger(core, NS).load() == {"web": record}
-
-
-def test_the_cluster_name_is_generated_once_and_kept(
-    kube: KubeEmulator, core: client.CoreV1Api
-) -> None:
-    first = Ledger(core, NS)
-    assert first.compare_and_set("web", AppRecord(), settled("nginx:1.27"))
-    name = first.cluster_name()
-    assert name.startswith("cluster-")
-    assert first.cluster_name() == name
-    assert Ledger(core, NS).cluster_name() == name  # another replica, or after a restart
-    cm = kube.get("configmaps", NS, NAME)
-    assert cm is not None
-    assert cm["metadata"]["annotations"][CLUSTER_NAME_KEY] == name
-    assert "web" in cm["data"]  # recording the name kept the records
-    # ...and a later record write keeps the name.
-    assert first.compare_and_set("web", settled("nginx:1.27"), settled("nginx:1.28"))
-    assert Ledger(core, NS).cluster_name() == name
-
-
-def test_concurrent_callers_agree_on_one_cluster_name(kube: KubeEmulator) -> None:
-    apis = [kube.api_client() for _ in range(6)]
-    ledgers = [Ledger(client.CoreV1Api(api), NS) for api in apis]
-    names: list[str] = []
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(ledgers))
-
-    def call(ledger: Ledger) -> None:
-        try:
-            barrier.wait(5)
-            names.append(ledger.cluster_name())
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=call, args=(ledger,)) for ledger in ledgers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-    for api in apis:
-        api.close()
-    assert errors == []
-    assert len(names) == len(ledgers) and len(set(names)) == 1
-    cm = kube.get("configmaps", NS, NAME)
-    assert cm is not None and cm["metadata"]["annotations"][CLUSTER_NAME_KEY] == names[0]
 
 
 def test_many_changes_are_one_update_and_a_changed_app_is_left_out(

@@ -1,0 +1,174 @@
+"""The group's claim: exactly one member purges (or skips) a group rollout.
+
+The claim place is the Redis of the lowest name among all configured members, reachable or
+not (`GroupView.claim_place`): every member computes the same one, and while it does not
+answer nobody purges (a majority of members' Redis would keep purging through one Redis's
+outage, but with two members there is no majority, and the group's common case is two or
+three clusters: one place, documented, is the simpler invariant).
+
+Set-if-absent with a lease (Redis TTL: no wall clock of another cluster is read); renewal
+and release are compare-and-set in Lua, so a holder whose lease lapsed can neither extend nor
+delete its successor's claim. The acquire script also reads the chain head held at the claim
+place: a rollout already settled there is not claimed again (a member whose cache lags the
+winner's outcome), and a claim derived from a head the group has moved past is refused as
+stale (the member re-evaluates and adopts the new head).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+
+from sidecar.core.group import ClaimKind, claim_key, settled_key
+from sidecar.logs import get_logger
+
+log = get_logger("group")
+
+# KEYS: claim, the other kind's claim, the chain head hash.
+# ARGV: holder, lease ms, rollout id, the sequence number its id derives from, kind.
+_ACQUIRE = """
+local seq = tonumber(redis.call('HGET', KEYS[3], 'seq') or '-1')
+local rid = redis.call('HGET', KEYS[3], 'rid') or ''
+local outcome = redis.call('HGET', KEYS[3], 'outcome') or ''
+if rid == ARGV[3] and (ARGV[5] == 'skip' or outcome ~= 'skipped') then
+  return {'settled', rid}
+end
+if rid ~= ARGV[3] and seq > tonumber(ARGV[4]) then return {'stale', rid} end
+local other = redis.call('GET', KEYS[2])
+if other and not (ARGV[5] == 'purge' and rid == ARGV[3] and outcome == 'skipped') then
+  return {'held', other}
+end
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {'won', ARGV[1]}
+end
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {'won', cur}
+end
+return {'held', cur}
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class ClaimState(enum.StrEnum):
+    WON = "won"  # this holder has it (newly, or it already held it)
+    HELD = "held"  # another holder has it: wait for its outcome
+    SETTLED = "settled"  # the rollout is settled at the claim place already
+    STALE = "stale"  # the group's chain moved past the head this id derives from
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    state: ClaimState
+    holder: str  # the holder (WON, HELD) or the head's rollout id (SETTLED, STALE)
+
+
+def acquire(
+    client: redis.Redis,
+    *,
+    group: str,
+    app: str,
+    rollout: str,
+    kind: ClaimKind,
+    holder: str,
+    lease: float,
+    derived_from_seq: int,
+) -> ClaimResult:
+    """Try to take the claim (raises redis.RedisError when the claim place does not answer)."""
+    other = ClaimKind.SKIP if kind is ClaimKind.PURGE else ClaimKind.PURGE
+    state, who = client.eval(
+        _ACQUIRE,
+        3,
+        claim_key(group, app, rollout, kind),
+        claim_key(group, app, rollout, other),
+        settled_key(group, app),
+        holder,
+        str(max(1, int(lease * 1000))),
+        rollout,
+        str(derived_from_seq),
+        str(kind),
+    )
+    return ClaimResult(ClaimState(str(state)), str(who))
+
+
+class ClaimLease:
+    """A won claim kept alive by a renewal thread while the purge runs. `valid_for()` is how
+    long the claim is known to be held, on this process's monotonic clock, counted from the
+    start of the last successful renewal: the purge halts before it could lapse."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        holder: str,
+        lease: float,
+        *,
+        margin: float = 0.0,
+    ) -> None:
+        self._client = client
+        self._key = key
+        self._holder = holder
+        self._lease = lease
+        self._margin = margin
+        self._valid_until = time.monotonic() + lease - margin
+        self._stop = threading.Event()
+        self._lost = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> ClaimLease:
+        self._thread = threading.Thread(target=self._run, name="claim-lease", daemon=True)
+        self._thread.start()
+        return self
+
+    def valid_for(self) -> float:
+        return 0.0 if self._lost else self._valid_until - time.monotonic()
+
+    def _run(self) -> None:
+        every = max(0.05, self._lease / 3)
+        while not self._stop.wait(every):
+            started = time.monotonic()
+            try:
+                ok = self._client.eval(
+                    _RENEW, 1, self._key, self._holder, str(int(self._lease * 1000))
+                )
+            except redis.RedisError as exc:
+                log.warning("claim.renew_failed", key=self._key, error=str(exc)[:200])
+                continue  # the lease runs out by itself; valid_for() says so
+            if not ok:
+                self._lost = True
+                log.warning("claim.lost", key=self._key)
+                return
+            self._valid_until = started + self._lease - self._margin
+
+    def release(self) -> None:
+        """Stop renewing and delete the claim if still held (CAS); never raises."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        try:
+            self._client.eval(_RELEASE, 1, self._key, self._holder)
+        except redis.RedisError as exc:
+            log.info("claim.release_failed", key=self._key, error=str(exc)[:200])
+
+    def stop(self) -> None:
+        """Stop renewing, keep the claim (it expires by its lease)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
