@@ -32,6 +32,7 @@ from sidecar.core.group import (
     HEARTBEAT_EVERY,
     HEARTBEAT_TTL,
     PEER_CHECK_EVERY,
+    PEER_SOCKET_TIMEOUT,
     ChainLink,
     EventKind,
     GroupView,
@@ -60,6 +61,21 @@ from sidecar.logs import get_logger
 log = get_logger("group")
 
 ClientFactory = Callable[[], redis.Redis]
+
+
+def peer_client_options() -> dict[str, Any]:
+    """redis-py options for a member's client: short timeouts and no retries of its own
+    (redis-py retries three times with backoff by default, which would turn a blackholed
+    peer's 2 s timeout into many seconds); the subscriber's loop is the retry policy."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return {
+        "socket_timeout": PEER_SOCKET_TIMEOUT,
+        "socket_connect_timeout": PEER_SOCKET_TIMEOUT,
+        "retry": Retry(NoBackoff(), 0),
+    }
+
 
 # Write the chain head only if it ranks above what the Redis holds (sequence, then rollout
 # id): a late or repeated mirror never moves a member's head backwards. ARGV: rid, seq,
@@ -329,27 +345,44 @@ class GroupMembers:
             self._pending_links[link.app] = link
         self._wake.set()
 
-    def mirror_link(self, link: ChainLink) -> list[str]:
-        """Write a group decision's outcome to every member's Redis (monotonic); the members
-        that could not be reached (they copy it from another member or their ledger later)."""
+    def _to_every_member(self, what: str, write: Callable[[_Member], None]) -> list[str]:
+        """Run `write` against every member's Redis at once (one thread each, bounded by the
+        socket timeout): a blackholed peer costs one timeout, not one per peer. Returns the
+        members that could not be written (they catch up from another member or a ledger)."""
         missed: list[str] = []
-        for m in list(self._members):
+        lock = threading.Lock()
+
+        def one(m: _Member) -> None:
             try:
-                write_link(m.client, self.group, link, self.cluster)
-                with self._lock:
-                    m.snapshot.links[link.app] = max(
-                        (x for x in (m.snapshot.links.get(link.app), link) if x is not None),
-                        key=lambda x: x.rank,
-                    )
+                write(m)
             except redis.RedisError as exc:
-                missed.append(m.name or m.endpoint)
+                with lock:
+                    missed.append(m.name or m.endpoint)
                 log.warning(
                     "group.mirror_failed",
-                    app=link.app,
-                    rollout=link.rollout_id,
+                    what=what,
                     member=m.name or m.endpoint,
                     error=str(exc)[:200],
                 )
+
+        threads = [threading.Thread(target=one, args=(m,), daemon=True) for m in self._members]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=PEER_SOCKET_TIMEOUT * 3)
+        return missed
+
+    def mirror_link(self, link: ChainLink) -> list[str]:
+        """Write a group decision's outcome to every member's Redis (monotonic)."""
+
+        def write(m: _Member) -> None:
+            write_link(m.client, self.group, link, self.cluster)
+            with self._lock:
+                known = m.snapshot.links.get(link.app)
+                if known is None or link.rank >= known.rank:
+                    m.snapshot.links[link.app] = link
+
+        missed = self._to_every_member(f"settled {link.app} {link.rollout_id}", write)
         with self._lock:
             self._links[link.app] = link
         return missed
@@ -358,22 +391,16 @@ class GroupMembers:
         """Before the CDN call: the winner's in-flight record (rollout id, exact request) on
         every reachable member, so a successor claimer resumes it with the same key."""
         message = event_message(EventKind.INFLIGHT, self.cluster, flight.app)
-        for m in list(self._members):
-            try:
-                pipe = m.client.pipeline(transaction=False)
-                pipe.set(inflight_key(self.group, flight.app), flight.encode(), ex=7 * 86400)
-                pipe.publish(events_channel(self.group), message)
-                pipe.execute()
-                with self._lock:
-                    m.snapshot.inflight[flight.app] = flight
-            except redis.RedisError as exc:
-                log.warning(
-                    "group.mirror_failed",
-                    app=flight.app,
-                    rollout=flight.rollout_id,
-                    member=m.name or m.endpoint,
-                    error=str(exc)[:200],
-                )
+
+        def write(m: _Member) -> None:
+            pipe = m.client.pipeline(transaction=False)
+            pipe.set(inflight_key(self.group, flight.app), flight.encode(), ex=7 * 86400)
+            pipe.publish(events_channel(self.group), message)
+            pipe.execute()
+            with self._lock:
+                m.snapshot.inflight[flight.app] = flight
+
+        self._to_every_member(f"inflight {flight.app} {flight.rollout_id}", write)
 
     # -- the publisher thread ---------------------------------------------------------------
     def _heartbeat(self) -> MemberInfo:

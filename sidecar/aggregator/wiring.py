@@ -9,9 +9,9 @@ from typing import Any
 from sidecar.aggregator.facade import Aggregator
 from sidecar.aggregator.metrics import Metrics
 from sidecar.aggregator.options import AggregatorOptions
+from sidecar.aggregator.peers import peer_client_options
 from sidecar.config import ConfigError, Settings
 from sidecar.core.grammar import RedisEndpoint
-from sidecar.core.group import PEER_SOCKET_TIMEOUT
 from sidecar.logs import get_logger
 from sidecar.providers.base import Provider
 from sidecar.webhooks.sender import WebhookSender
@@ -70,7 +70,7 @@ def _describe_api_error(err: BaseException) -> str:
     return _one_line(f"{type(err).__name__}: {err}")
 
 
-def redis_client(endpoint: RedisEndpoint, timeout: float = 5.0) -> Any:
+def redis_client(endpoint: RedisEndpoint, timeout: float = 5.0, **options: Any) -> Any:
     """A redis-py client for every field of the endpoint, TLS options included (the same ones
     the reporter's client honours; see sidecar.core.grammar)."""
     import redis
@@ -89,11 +89,14 @@ def redis_client(endpoint: RedisEndpoint, timeout: float = 5.0) -> Any:
         db=endpoint.db,
         username=endpoint.username,
         password=endpoint.password,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        health_check_interval=15,
         decode_responses=True,
-        **tls,
+        **{
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "health_check_interval": 15,
+            **tls,
+            **options,
+        },
     )
 
 
@@ -184,7 +187,7 @@ def build_aggregator(
         redis_conn = redis_override if redis_override is not None else redis_client(settings.redis)
     # One client (own pool, short timeouts) per peer: a silent peer blocks only its own.
     peers = [
-        (p.display_url, redis_client(p, timeout=PEER_SOCKET_TIMEOUT)) for p in settings.remote_redis
+        (p.display_url, redis_client(p, **peer_client_options())) for p in settings.remote_redis
     ]
     sender = WebhookSender(
         settings.webhooks,

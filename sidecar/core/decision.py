@@ -384,7 +384,8 @@ def decide_in_group(
     1. adopt the head of the longest chain this cluster sees (its ledger, every reachable
        member's mirror): a cluster that is behind takes the group's last settled rollout, and
        the id of what it follows is re-derived from it;
-    2. never a local baseline while a member holds a record for the app or does not answer;
+    2. never a local baseline while a member holds a record for the app, or does not answer
+       (for less than GROUP_TIMEOUT);
     3. `decide` as a single cluster would;
     4. a rollout complete here is complete for the group only when `agree` says so: then the
        claim is taken (purge, or skip per ON_PEER_TIMEOUT); until then it stays FOLLOWING;
@@ -435,7 +436,11 @@ def decide_in_group(
         decision = replace(decision, record=written(decision.record))
         return GroupDecision(decision, state, link, agreement, claim, claim_for)
 
-    if adopted.settled is None and observation.status.complete and not baseline_allowed(view):
+    if (
+        adopted.settled is None
+        and observation.status.complete
+        and not baseline_allowed(view, group_timeout)
+    ):
         waiting = Decision(
             None,
             None,

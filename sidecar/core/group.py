@@ -655,7 +655,11 @@ def agree(
     return Agreement(Accord.PURGE, "every member is complete", (), (), (), states)
 
 
-def baseline_allowed(view: GroupView) -> bool:
-    """A cluster makes a local baseline only when every member answers and none holds a
-    record for the app (else it adopts that record)."""
-    return view.all_up() and not view.links()
+def baseline_allowed(view: GroupView, group_timeout: float) -> bool:
+    """A cluster makes a local baseline only when no member it can read holds a record for
+    the app (else it adopts that record) and every member answers, or has been unreachable
+    past GROUP_TIMEOUT. A baseline's id depends on the image alone, so members that baseline
+    the same image agree; one that returns with a longer chain wins by rank (`chain_head`)."""
+    if view.links():
+        return False
+    return all(m.reach is Reach.UP or m.unreachable_for >= group_timeout for m in view.peers)

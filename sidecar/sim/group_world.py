@@ -134,7 +134,12 @@ class GroupWorld:
         self.cloudfront.access_keys = self.cloudfront.access_keys | {key}
         # Each replica's hooks point at its own path: the receiver names the sender.
         options.setdefault(
-            "webhooks", self.webhooks_config(self.hooks, prefix=f"{cluster}/{identity}")
+            "webhooks",
+            self.webhooks_config(
+                self.hooks,
+                prefix=f"{cluster}/{identity}",
+                events=["completed", "skipped", "timeout", "failed"],
+            ),
         )
         agg = c.world.aggregator(
             identity,

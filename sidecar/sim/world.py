@@ -15,9 +15,9 @@ from typing import Any
 
 from sidecar.aggregator.facade import Aggregator
 from sidecar.aggregator.options import AggregatorOptions
+from sidecar.aggregator.peers import peer_client_options
 from sidecar.core.grammar import RedisEndpoint as RedisAddress
 from sidecar.core.grammar import parse_redis_url
-from sidecar.core.group import PEER_SOCKET_TIMEOUT
 from sidecar.logs import get_logger
 from sidecar.providers.cloudfront import CloudFrontProvider
 from sidecar.reporter.config import ReporterConfig
@@ -384,12 +384,7 @@ class World:
         peer_clients = [
             (
                 url,
-                redis.Redis.from_url(
-                    url,
-                    decode_responses=True,
-                    socket_timeout=PEER_SOCKET_TIMEOUT,
-                    socket_connect_timeout=PEER_SOCKET_TIMEOUT,
-                ),
+                redis.Redis.from_url(url, decode_responses=True, **peer_client_options()),
             )
             for url in peers
         ]
