@@ -184,6 +184,61 @@ def demo(
     raise typer.Exit(run_demo(scenario, mode=mode, json_output=json_output, verbose=verbose))
 
 
+@app.command()
+def status(
+    app_name: Annotated[
+        str | None, typer.Argument(metavar="[APP]", help="one app (default: every app found)")
+    ] = None,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="print one JSON document (for scripts)")
+    ] = False,
+    kubeconfig: Annotated[
+        str | None,
+        typer.Option(help="kubeconfig for the ledger (default: in-cluster, then KUBECONFIG)"),
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option("--redis", metavar="URL", help="the local Redis (default: REDIS_URL, ...)"),
+    ] = None,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--peer", metavar="URL", help="a peer's Redis, repeatable (default: REMOTE_REDIS_HOSTS)"
+        ),
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="namespace of the ledger (default: NAMESPACE)")
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option(help="cluster group (default: CLUSTER_GROUP)")
+    ] = None,
+) -> None:
+    """Show what the cluster group knows of its apps; read-only.
+
+    Per app and member: reachability, image, phase, readiness, rollout id and when the member
+    last wrote its state; then the claim, the purge in flight and the last settled rollout.
+    Every member's Redis is read with a 2 s timeout (an unreachable one is shown as such); the
+    ledger through the Kubernetes API when it answers. Defaults come from the environment, as
+    for `aggregate`. Exit status: 0, 1 when APP has no records, 2 for a bad setting or flag.
+    """
+    from sidecar.aggregator.status import run as run_status
+
+    raise typer.Exit(
+        run_status(
+            app_name,
+            env=os.environ,
+            out=sys.stdout,
+            err=sys.stderr,
+            json_output=json_output,
+            kubeconfig=kubeconfig,
+            redis_url=redis_url,
+            peers=peer,
+            namespace=namespace,
+            group=group,
+        )
+    )
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     add_help_option=False,

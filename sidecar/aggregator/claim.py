@@ -54,9 +54,15 @@ end
 return {'held', cur}
 """
 
+# Renew: extend our own claim; re-create it when it vanished (its Redis was wiped or
+# restarted) so a wipe does not hand the claim to a member waiting for it. Another holder's
+# claim is never touched: then ours is lost.
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 """

@@ -34,7 +34,14 @@ from sidecar.core.annotations import AppConfig
 from sidecar.core.backoff import PURGE_RETRY, Backoff
 from sidecar.core.decision import after_failed_purge, after_purge, after_skipped, fold
 from sidecar.core.domains import app_domains
-from sidecar.core.group import PEERS_UNREACHABLE, ChainLink, ClaimKind, InFlight, claim_key
+from sidecar.core.group import (
+    PEERS_UNREACHABLE,
+    ChainLink,
+    ClaimKind,
+    InFlight,
+    claim_key,
+    holder_cluster,
+)
 from sidecar.core.records import (
     AppRecord,
     Intent,
@@ -191,6 +198,8 @@ class PurgeRunner:
         self._retry_period = retry_period
         self._retries: dict[str, _Retries] = {}
         self._warned_skip: set[str] = set()  # apps already warned that they cannot purge
+        # claim key -> when (monotonic) another cluster's in-flight purge was first found
+        self._patience: dict[str, float] = {}
         self.flights = Flights()
 
     def forget(self, name: str) -> None:
@@ -610,6 +619,9 @@ class PurgeRunner:
                 else:
                     self._note_place_link(client, cfg.app, place.name or "")
                 return
+            if self._await_other_holder(client, cfg.app, intent, kind):
+                retry = group.lease
+                return
             log.info(LogEvent.GROUP_CLAIM_WON, place=place.name, reason=reason, **fields)
             lease = ClaimLease(
                 client,
@@ -644,6 +656,38 @@ class PurgeRunner:
                     lease.stop()
         finally:
             self._mark(name, None if retry is None else self._clock() + retry)
+
+    def _await_other_holder(
+        self, client: redis.Redis, app: str, intent: Intent, kind: ClaimKind
+    ) -> bool:
+        """A claim won while another cluster's in-flight purge of this rollout is on record:
+        its holder's claim expired, or the claim place lost it (wiped, restarted). Its holder
+        re-creates a lost claim at its next renewal, so wait one lease (this cluster's
+        monotonic clock) before taking over; only then resume its request (same key). True:
+        the claim was handed back, try again later."""
+        group = self._group
+        assert group is not None
+        if kind is not ClaimKind.PURGE:
+            return False
+        flight = group.members.inflight(app, intent.rollout_id)
+        if flight is None or not flight.holder or holder_cluster(flight.holder) == self._cluster:
+            return False  # none, or ours: this cluster's leader election fences its pods
+        key = claim_key(group.group, app, intent.rollout_id, kind)
+        first = self._patience.setdefault(key, time.monotonic())
+        if time.monotonic() - first >= group.lease:
+            self._patience.pop(key, None)
+            log.info(
+                "group.inflight_taken_over",
+                app=app,
+                rollout=intent.rollout_id,
+                holder=flight.holder,
+            )
+            return False
+        ClaimLease(client, key, group.holder, group.lease).release()
+        log.info(
+            "group.inflight_elsewhere", app=app, rollout=intent.rollout_id, holder=flight.holder
+        )
+        return True
 
     def _note_place_link(self, client: redis.Redis, app: str, place: str) -> None:
         """Our caches lag the claim place's chain head: take it from there now."""
@@ -687,7 +731,12 @@ class PurgeRunner:
         if self._group is None or intent.plan is None:
             return
         flight = InFlight(
-            cfg.app, intent.rollout_id, self._cluster, intent.plan.to_dict(), self._clock()
+            cfg.app,
+            intent.rollout_id,
+            self._cluster,
+            intent.plan.to_dict(),
+            self._clock(),
+            holder=self._group.holder,
         )
         self._group.members.mirror_inflight(flight)
 

@@ -355,6 +355,7 @@ class InFlight:
     cluster: str
     plan: Mapping[str, Any]  # PurgePlan.to_dict()
     at: float = 0.0
+    holder: str = ""  # the claim holder that started it (`claim_holder`)
 
     def encode(self) -> str:
         return _dumps(
@@ -363,6 +364,7 @@ class InFlight:
                 "app": self.app,
                 "rollout_id": self.rollout_id,
                 "cluster": self.cluster,
+                "holder": self.holder,
                 "plan": dict(self.plan),
                 "at": round(self.at, 3),
             }
@@ -379,6 +381,7 @@ class InFlight:
             cluster=str(doc.get("cluster") or ""),
             plan=doc["plan"],
             at=float(doc.get("at") or 0.0),
+            holder=str(doc.get("holder") or ""),
         )
 
 
