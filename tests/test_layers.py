@@ -25,7 +25,9 @@ STDLIB = frozenset(sys.stdlib_module_names) | {"__future__"}
 SIM_HARNESS = {
     "sidecar.sim.world",
     "sidecar.sim.group_world",
+    "sidecar.sim.group_chaos",
     "sidecar.sim.demo",
+    "sidecar.sim.demo_group",
     "sidecar.sim.cli_sim",
 }
 # The root package's __init__ holds only the version string.

@@ -29,7 +29,8 @@ from sidecar.logs import get_logger
 log = get_logger("group")
 
 # KEYS: claim, the other kind's claim, the chain head hash.
-# ARGV: holder, lease ms, rollout id, the sequence number its id derives from, kind.
+# ARGV: holder (cluster|instance), lease ms, rollout id, the sequence number its id derives
+# from, kind.
 _ACQUIRE = """
 local seq = tonumber(redis.call('HGET', KEYS[3], 'seq') or '-1')
 local rid = redis.call('HGET', KEYS[3], 'rid') or ''
@@ -162,6 +163,24 @@ class ClaimLease:
                 log.warning("claim.lost", key=self._key)
                 return
             self._valid_until = started + self._lease - self._margin
+
+    def confirm(self) -> bool:
+        """Renew now, synchronously: the fence right before a CDN call (False: the claim is
+        another holder's, or its place does not answer)."""
+        if self._lost:
+            return False
+        started = time.monotonic()
+        try:
+            ok = self._client.eval(_RENEW, 1, self._key, self._holder, str(int(self._lease * 1000)))
+        except redis.RedisError as exc:
+            log.warning("claim.confirm_failed", key=self._key, error=str(exc)[:200])
+            return False
+        if not ok:
+            self._lost = True
+            log.warning("claim.lost", key=self._key)
+            return False
+        self._valid_until = started + self._lease - self._margin
+        return True
 
     def release(self) -> None:
         """Stop renewing and delete the claim if still held (CAS); never raises."""

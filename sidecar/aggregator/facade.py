@@ -34,7 +34,7 @@ from sidecar.aggregator.reports import ReportCache
 from sidecar.config import MODES
 from sidecar.core.annotations import AppConfig
 from sidecar.core.annotations import app_config as default_app_config
-from sidecar.core.group import claim_holder
+from sidecar.core.group import CLAIM_LEASES, claim_holder
 from sidecar.kube.leader import LeaderElector
 from sidecar.kube.ledger import Ledger
 from sidecar.kube.reflector import Reflector, trim_deployment, trim_pod, trim_replicaset
@@ -158,8 +158,11 @@ class Aggregator:
             group_role = GroupRole(
                 members=self.group,
                 group=options.group,
-                holder=claim_holder(options.cluster, options.instance, options.identity),
-                lease=options.lease_duration,
+                holder=claim_holder(options.cluster, options.instance),
+                # Longer than a leader hand-over inside the cluster (a lease, then a retry):
+                # the successor continues its predecessor's claim (same holder) before
+                # another cluster may take it over.
+                lease=CLAIM_LEASES * options.lease_duration,
             )
         notifier = Notifier(
             webhooks,

@@ -198,8 +198,10 @@ class PurgeRunner:
         self._retry_period = retry_period
         self._retries: dict[str, _Retries] = {}
         self._warned_skip: set[str] = set()  # apps already warned that they cannot purge
-        # claim key -> when (monotonic) another cluster's in-flight purge was first found
+        # claim key -> since when (monotonic) another cluster's in-flight purge has been seen
+        # without its claim
         self._patience: dict[str, float] = {}
+        self._claim_wait: dict[str, float] = {}  # Deployment -> no claim attempt before
         self.flights = Flights()
 
     def forget(self, name: str) -> None:
@@ -237,6 +239,13 @@ class PurgeRunner:
         retries = self._retries.get(name)
         if retries is not None and retries.retry_at > self._clock():
             self._mark(name, retries.retry_at)
+            return
+        wait = self._claim_wait.pop(name, 0.0)
+        if wait > self._clock():
+            # The claim is held elsewhere: asked again half a lease later, not on every
+            # re-evaluation (the holder's outcome arrives through the mirrors meanwhile).
+            self._claim_wait[name] = wait
+            self._mark(name, wait)
             return
         self.flights.run(
             name,
@@ -365,7 +374,10 @@ class PurgeRunner:
         intent: Intent,
         halt: threading.Event,
         completed_at: float | None,
+        fence: Callable[[], bool] | None = None,
     ) -> None:
+        """`fence`: in a group, the claim confirmed at the claim place right before the CDN
+        call (False: the claim was lost, the purge is not ours to make)."""
         fields = {
             "app": cfg.app,
             "image": intent.image,
@@ -386,7 +398,8 @@ class PurgeRunner:
                     log.info("purge.superseded_in_ledger", **fields)
                     return
                 intent, request = planned
-            if halt.is_set():  # re-checked right before the CDN call
+            if halt.is_set() or (fence is not None and not fence()):
+                # Re-checked right before the CDN call.
                 log.info("purge.not_leader", **fields)
                 return
             log.info(
@@ -586,6 +599,9 @@ class PurgeRunner:
                 retry = 1.0
                 return
             try:
+                if self._other_holder_flying(client, cfg.app, intent, kind):
+                    retry = group.lease / 3
+                    return
                 result = acquire(
                     client,
                     group=group.group,
@@ -616,11 +632,9 @@ class PurgeRunner:
                 )
                 if result.state is ClaimState.HELD:
                     retry = group.lease / 2
+                    self._claim_wait[name] = self._clock() + retry
                 else:
                     self._note_place_link(client, cfg.app, place.name or "")
-                return
-            if self._await_other_holder(client, cfg.app, intent, kind):
-                retry = group.lease
                 return
             log.info(LogEvent.GROUP_CLAIM_WON, place=place.name, reason=reason, **fields)
             lease = ClaimLease(
@@ -640,11 +654,16 @@ class PurgeRunner:
                 if kind is ClaimKind.SKIP:
                     settled = self._group_skip(name, cfg, intent, reason, fields)
                     return
+                # Announce the claim to every member at once (its plan follows before the CDN
+                # call): a member that finds the claim gone (its Redis wiped) then waits for
+                # this holder to re-create it instead of taking over.
+                if group.members.inflight(cfg.app, intent.rollout_id) is None:
+                    self._mirror_claim(cfg, intent)
                 purging = self._to_purging(cfg, intent)
                 if purging is None:
                     log.info("purge.superseded_in_ledger", **fields)
                     return
-                self._purge_once(name, dep, cfg, purging, held, completed_at)
+                self._purge_once(name, dep, cfg, purging, held, completed_at, lease.confirm)
                 current = self._ledger.get(cfg.app).settled
                 settled = current is not None and current.rollout_id == intent.rollout_id
             finally:
@@ -657,14 +676,15 @@ class PurgeRunner:
         finally:
             self._mark(name, None if retry is None else self._clock() + retry)
 
-    def _await_other_holder(
+    def _other_holder_flying(
         self, client: redis.Redis, app: str, intent: Intent, kind: ClaimKind
     ) -> bool:
-        """A claim won while another cluster's in-flight purge of this rollout is on record:
-        its holder's claim expired, or the claim place lost it (wiped, restarted). Its holder
-        re-creates a lost claim at its next renewal, so wait one lease (this cluster's
-        monotonic clock) before taking over; only then resume its request (same key). True:
-        the claim was handed back, try again later."""
+        """Another cluster's in-flight purge of this rollout is on record (mirrored to every
+        member before its CDN call): its claim expired, or the claim place lost it (wiped,
+        restarted). A live holder re-creates a lost claim at its next renewal (a third of a
+        lease), so the claim is taken over only once it has been seen absent for a whole
+        lease, on this cluster's monotonic clock; then the holder's request is resumed (same
+        key, same plan). True: not yet, look again later. Raises redis.RedisError."""
         group = self._group
         assert group is not None
         if kind is not ClaimKind.PURGE:
@@ -673,21 +693,23 @@ class PurgeRunner:
         if flight is None or not flight.holder or holder_cluster(flight.holder) == self._cluster:
             return False  # none, or ours: this cluster's leader election fences its pods
         key = claim_key(group.group, app, intent.rollout_id, kind)
+        if client.exists(key):
+            self._patience.pop(key, None)  # held: the acquire answers who holds it
+            return False
         first = self._patience.setdefault(key, time.monotonic())
-        if time.monotonic() - first >= group.lease:
-            self._patience.pop(key, None)
+        if time.monotonic() - first < group.lease:
             log.info(
-                "group.inflight_taken_over",
+                "group.inflight_elsewhere",
                 app=app,
                 rollout=intent.rollout_id,
                 holder=flight.holder,
             )
-            return False
-        ClaimLease(client, key, group.holder, group.lease).release()
+            return True
+        self._patience.pop(key, None)
         log.info(
-            "group.inflight_elsewhere", app=app, rollout=intent.rollout_id, holder=flight.holder
+            "group.inflight_taken_over", app=app, rollout=intent.rollout_id, holder=flight.holder
         )
-        return True
+        return False
 
     def _note_place_link(self, client: redis.Redis, app: str, place: str) -> None:
         """Our caches lag the claim place's chain head: take it from there now."""
@@ -714,7 +736,7 @@ class PurgeRunner:
                 return cur
             new = replace(cur, state=IntentState.PURGING)
             flight = group.members.inflight(cfg.app, intent.rollout_id)
-            if flight is not None and new.plan is None:
+            if flight is not None and flight.plan and new.plan is None:
                 new = replace(new, plan=PurgePlan.from_dict(flight.plan))
                 log.info(
                     "group.inflight_resumed",
@@ -726,6 +748,15 @@ class PurgeRunner:
                 return new
             self._ledger.load()
         return None
+
+    def _mirror_claim(self, cfg: AppConfig, intent: Intent) -> None:
+        group = self._group
+        assert group is not None
+        plan = intent.plan.to_dict() if intent.plan is not None else {}
+        flight = InFlight(
+            cfg.app, intent.rollout_id, self._cluster, plan, self._clock(), holder=group.holder
+        )
+        group.members.mirror_inflight(flight)
 
     def _mirror_plan(self, cfg: AppConfig, intent: Intent) -> None:
         if self._group is None or intent.plan is None:

@@ -51,6 +51,9 @@ HEARTBEAT_TTL = 20
 # unreachable: the subscriber's liveness reads have a short socket timeout.
 PEER_CHECK_EVERY = 2.0
 PEER_SOCKET_TIMEOUT = 2.0
+# The claim's lease, in leader leases (LEASE_DURATION): a holder whose cluster fails over to
+# another aggregator replica keeps its claim; only a cluster gone this long loses it.
+CLAIM_LEASES = 4
 # Why a rollout was settled SKIPPED by the group (a peer unreachable past GROUP_TIMEOUT): a
 # peer that returns and completes the rollout reopens it (it then purges once, same id).
 PEERS_UNREACHABLE = "PeersUnreachable"
@@ -399,11 +402,12 @@ def decode_event(raw: str | bytes | None) -> tuple[EventKind, str, str | None] |
         return None
 
 
-def claim_holder(cluster: str, instance: str, identity: str) -> str:
-    """The claim's value: which pod of which namespace of which cluster holds it. A successor
-    leader of the same cluster is another holder: it waits for the lease (never two purges
-    from one claim)."""
-    return f"{cluster}|{instance}|{identity}"
+def claim_holder(cluster: str, instance: str) -> str:
+    """The claim's value: which cluster (and namespace instance) holds it. Not the pod: a
+    successor leader of the same cluster continues its predecessor's claim at once, and the
+    cluster's leader election (a deposed leader halts before its lease could lapse) keeps two
+    pods of one cluster from acting on it together."""
+    return f"{cluster}|{instance}"
 
 
 def holder_cluster(holder: str) -> str:

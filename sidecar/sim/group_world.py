@@ -2,8 +2,9 @@
 real `redis-server` and its aggregator replicas, behind one CloudFront emulator and one
 webhook receiver. Every aggregator reaches a peer's Redis through a loopback TCP proxy the
 test can cut (refused port, or a blackhole that accepts and never answers), and its own Redis
-directly, as in a real group. Each aggregator replica signs its CloudFront requests with its
-own access key, so the CDN emulator tells which claim holder sent each request.
+directly, as in a real group. Each cluster signs its CloudFront requests with its own access
+key (the claim holder is the cluster), so the CDN emulator tells which holder sent each request,
+and each aggregator replica's webhooks go to a path of its own, so the receiver names the sender.
 
 Used by the group tests, the chaos runs, `cache-buster demo --clusters N` and the benchmarks.
 """
@@ -28,9 +29,9 @@ Obj = dict[str, Any]
 CLUSTER_NAMES = ("eu-west", "us-east", "ap-south", "sa-east", "af-south")
 
 
-def access_key(cluster: str, identity: str) -> str:
-    """The access key one aggregator replica signs with (AKIA + 16 upper-case characters)."""
-    text = "".join(ch for ch in f"{cluster}{identity}".upper() if ch.isalnum())
+def access_key(cluster: str) -> str:
+    """The access key a cluster's aggregators sign with (AKIA + 16 upper-case characters)."""
+    text = "".join(ch for ch in cluster.upper() if ch.isalnum())
     return ("AKIA" + (text + "0" * 16)[:16])[:20]
 
 
@@ -42,7 +43,7 @@ class Cluster:
         self.world = world
         self.redis = redis
         self.proxy = proxy
-        self.keys: dict[str, str] = {}  # aggregator identity -> access key
+        self.key = access_key(name)  # its CloudFront access key
 
     @property
     def aggregators(self) -> list[Aggregator]:
@@ -129,8 +130,7 @@ class GroupWorld:
         self, cluster: str, identity: str = "aggregator-0", *, start: bool = True, **options: Any
     ) -> Aggregator:
         c = self.cluster(cluster)
-        key = access_key(cluster, identity)
-        c.keys[identity] = key
+        key = access_key(cluster)
         self.cloudfront.access_keys = self.cloudfront.access_keys | {key}
         # Each replica's hooks point at its own path: the receiver names the sender.
         options.setdefault(
@@ -201,10 +201,8 @@ class GroupWorld:
         ]
 
     def senders(self) -> dict[str, str]:
-        """access key -> "cluster/identity", for reading the emulator's records."""
-        return {
-            key: f"{c.name}/{identity}" for c in self.clusters for identity, key in c.keys.items()
-        }
+        """access key -> cluster, for reading the emulator's records."""
+        return {c.key: c.name for c in self.clusters}
 
     def deliveries(self, event: str = "completed") -> list[tuple[str, Obj]]:
         """(sender "cluster/identity", body) of every webhook delivery of `event`."""
