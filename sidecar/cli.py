@@ -142,14 +142,39 @@ def sim(
 @app.command()
 def demo(
     scenario: Annotated[
-        Literal["happy", "failed-rollout", "rollback", "leader-failover", "return-to-earlier"],
+        Literal[
+            "happy",
+            "failed-rollout",
+            "rollback",
+            "leader-failover",
+            "return-to-earlier",
+            "slow-cluster",
+            "peer-down",
+            "peer-timeout",
+            "split-leaders",
+            "late-joiner",
+        ],
         typer.Option(
-            help="happy: 1.0 -> 1.1, one purge. failed-rollout: 1.1 never gets ready, no "
-            "purge. rollback: 1.1 partly rolled out, then undone, no purge. leader-failover: "
-            "the leading aggregator crashes mid-rollout, one purge. return-to-earlier: "
-            "1.0 -> 1.1 -> 1.0, two purges."
+            help="One cluster: happy: 1.0 -> 1.1, one purge. failed-rollout: 1.1 never gets "
+            "ready, no purge. rollback: 1.1 partly rolled out, then undone, no purge. "
+            "leader-failover: the leading aggregator crashes mid-rollout, one purge. "
+            "return-to-earlier: 1.0 -> 1.1 -> 1.0, two purges. A group (--clusters 2 or "
+            "more): happy: one purge once every cluster finished. slow-cluster: the purge "
+            "waits for the last one. peer-down: a peer's Redis down mid-rollout, back before "
+            "GROUP_TIMEOUT, one purge. peer-timeout: not back, no purge, one skipped event. "
+            "split-leaders: the claim winner's leader crashes mid-purge, one purge. "
+            "late-joiner: a cluster with an empty ledger joins, one purge."
         ),
     ] = "happy",
+    clusters: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=5,
+            help="1: one cluster (fakeredis, nothing else to install). 2 to 5: a cluster "
+            "group, each cluster with its own API, real redis-server and aggregator.",
+        ),
+    ] = 1,
     mode: Annotated[
         Literal["sidecar", "watcher"],
         typer.Option(
@@ -162,7 +187,9 @@ def demo(
         typer.Option(
             "--json",
             help='end with one JSON line: {"scenario", "clusters", "rollouts", '
-            '"invalidations", "webhooks_delivered", "purge_latency_ms"}',
+            '"invalidations", "webhooks_delivered", "purge_latency_ms"}; a group adds '
+            '"expected_invalidations", "senders", "purged_by", "skipped", '
+            '"expected_skipped" and "ok"',
         ),
     ] = False,
     verbose: Annotated[
@@ -174,14 +201,37 @@ def demo(
 
     Emulated Kubernetes API, CloudFront, webhook receiver and Redis (fakeredis);
     the real reporter and two aggregator replicas; compressed timescales.
+    With --clusters N (2 to 5), a cluster group: one emulated API, real
+    redis-server and aggregator per cluster, the rollout reaching them in turn.
 
     Prints a timeline: leader election, pods getting ready, the purge after the
     last one, the webhook. Exits 0 when the scenario made the CloudFront
-    invalidations it should (1, 0, 0, 1, 2 in --scenario order), else 1 and why.
+    invalidations it should (1, 0, 0, 1, 2 for the single-cluster scenarios in
+    --scenario order; 1, and 0 for peer-timeout, in a group), else 1 and why.
     """
-    from sidecar.sim.demo import run as run_demo
+    from sidecar.sim.demo import SCENARIOS
 
-    raise typer.Exit(run_demo(scenario, mode=mode, json_output=json_output, verbose=verbose))
+    if clusters == 1:
+        if scenario not in SCENARIOS:
+            raise typer.BadParameter(
+                f"{scenario!r} needs a cluster group: add --clusters 2 (or more)",
+                param_hint="--scenario",
+            )
+        from sidecar.sim.demo import run as run_demo
+
+        raise typer.Exit(run_demo(scenario, mode=mode, json_output=json_output, verbose=verbose))
+    from sidecar.sim.demo_group import GROUP_SCENARIOS, run_group
+
+    if scenario not in GROUP_SCENARIOS:
+        raise typer.BadParameter(
+            f"{scenario!r} runs in one cluster (without --clusters); a group runs "
+            + ", ".join(GROUP_SCENARIOS),
+            param_hint="--scenario",
+        )
+    code = run_group(
+        scenario, clusters=clusters, mode=mode, json_output=json_output, verbose=verbose
+    )
+    raise typer.Exit(code)
 
 
 @app.command()

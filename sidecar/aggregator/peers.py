@@ -360,6 +360,7 @@ class GroupMembers:
                     missed.append(m.name or m.endpoint)
                 log.warning(
                     "group.mirror_failed",
+                    cluster=self.cluster,
                     what=what,
                     member=m.name or m.endpoint,
                     error=str(exc)[:200],
@@ -461,7 +462,12 @@ class GroupMembers:
                     self._pending_states = {**states, **self._pending_states}
                     self._pending_links = {**links, **self._pending_links}
                 delay = backoff.next()
-                log.warning("group.publish_failed", error=str(exc)[:200], retry_in=round(delay, 2))
+                log.warning(
+                    "group.publish_failed",
+                    cluster=self.cluster,
+                    error=str(exc)[:200],
+                    retry_in=round(delay, 2),
+                )
                 next_beat = 0.0
                 self._stop.wait(delay)
 
@@ -495,7 +501,13 @@ class GroupMembers:
         name = infos[0].name
         if name == m.name:
             return False
-        log.info("group.member_learned", endpoint=m.endpoint, member=name, was=m.name)
+        log.info(
+            "group.member_learned",
+            cluster=self.cluster,
+            endpoint=m.endpoint,
+            member=name,
+            was=m.name,
+        )
         m.name = name
         if self._on_learned is not None:
             names = {x.endpoint: x.name for x in self._members[1:] if x.name}
@@ -555,7 +567,9 @@ class GroupMembers:
                 _await_subscribed(pubsub, self._stop)
                 self._resync(m)
                 if not was_up:
-                    log.info("group.member_reachable", member=m.name or m.endpoint)
+                    log.info(
+                        "group.member_reachable", cluster=self.cluster, member=m.name or m.endpoint
+                    )
                 was_up = True
                 backoff.reset()
                 next_check = time.monotonic() + PEER_CHECK_EVERY
@@ -571,6 +585,7 @@ class GroupMembers:
                 if was_up:
                     log.warning(
                         "group.member_unreachable",
+                        cluster=self.cluster,
                         member=m.name or m.endpoint,
                         error=str(exc)[:200],
                         retry_in=round(delay, 2),
@@ -579,7 +594,12 @@ class GroupMembers:
                 self._on_change(None)
                 self._stop.wait(delay)
             except Exception as exc:  # never end the only thread that watches this member
-                log.error("group.watch_error", member=m.endpoint, error=repr(exc)[:200])
+                log.error(
+                    "group.watch_error",
+                    cluster=self.cluster,
+                    member=m.endpoint,
+                    error=repr(exc)[:200],
+                )
                 self._stop.wait(backoff.next())
             finally:
                 with contextlib.suppress(Exception):

@@ -700,6 +700,7 @@ class PurgeRunner:
         if time.monotonic() - first < group.lease:
             log.info(
                 "group.inflight_elsewhere",
+                cluster=self._cluster,
                 app=app,
                 rollout=intent.rollout_id,
                 holder=flight.holder,
@@ -707,7 +708,11 @@ class PurgeRunner:
             return True
         self._patience.pop(key, None)
         log.info(
-            "group.inflight_taken_over", app=app, rollout=intent.rollout_id, holder=flight.holder
+            "group.inflight_taken_over",
+            cluster=self._cluster,
+            app=app,
+            rollout=intent.rollout_id,
+            holder=flight.holder,
         )
         return False
 

@@ -10,12 +10,13 @@ code plus its own actions. Then it counts what the CDN emulator billed and the r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -26,6 +27,7 @@ from sidecar.core.records import Outcome, WebhookState
 from sidecar.kube.leader import LEADER_ACQUIRED, LEADER_LOST
 
 if TYPE_CHECKING:
+    from sidecar.aggregator.facade import Aggregator
     from sidecar.sim.world import World
 
 NAMESPACE = "shop"
@@ -571,23 +573,43 @@ def run_scenario(name: str, *, mode: str = "sidecar", out: TextIO | None = None)
         return demo.result(scenario)
     finally:
         timeline.close_timeline()
-        _stop_aggregators(world)
+        stop_aggregators(world.aggregators)
         world.stop()
         root.removeHandler(timeline)
 
 
-def _stop_aggregators(world: World) -> None:
+def stop_aggregators(aggregators: Iterable[Aggregator]) -> None:
     """Stop the replicas side by side: each waits up to a second for its Redis subscriber
-    to notice, and the demo should not wait for that twice. (World.stop's second call is a
-    no-op for a stopped aggregator.)"""
+    to notice, and the demo should not wait for that once per replica. (World.stop's second
+    call is a no-op for a stopped aggregator.)"""
     threads = [
         threading.Thread(target=agg.stop, name=f"stop-{agg.options.identity}", daemon=True)
-        for agg in world.aggregators
+        for agg in aggregators
     ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=15)
+
+
+@contextlib.contextmanager
+def demo_logging(verbose: bool) -> Iterator[None]:
+    """The timeline alone on the terminal (`verbose`: the raw JSON events on stderr beside
+    it); the `cache_buster` logger as it was afterwards."""
+    root = logging.getLogger("cache_buster")
+    saved = (list(root.handlers), root.level, root.propagate)
+    if verbose:
+        logs.setup("info")
+    else:
+        root.handlers.clear()
+        root.setLevel(logging.INFO)
+        root.propagate = False  # no JSON (or lastResort) noise on the terminal
+    try:
+        yield
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        root.propagate = saved[2]
 
 
 def run(
@@ -600,23 +622,12 @@ def run(
 ) -> int:
     """The `cache-buster demo` command: 0 when the scenario purged as expected, else 1."""
     stream = out or sys.stdout
-    root = logging.getLogger("cache_buster")
-    saved = (list(root.handlers), root.level, root.propagate)
-    if verbose:
-        logs.setup("info")  # the raw JSON events on stderr, beside the timeline
-    else:
-        root.handlers.clear()
-        root.setLevel(logging.INFO)
-        root.propagate = False  # no JSON (or lastResort) noise on the terminal
-    try:
-        result = run_scenario(scenario, mode=mode, out=stream)
-    except KeyboardInterrupt:
-        stream.write("\ninterrupted\n")
-        return 130
-    finally:
-        root.handlers[:] = saved[0]
-        root.setLevel(saved[1])
-        root.propagate = saved[2]
+    with demo_logging(verbose):
+        try:
+            result = run_scenario(scenario, mode=mode, out=stream)
+        except KeyboardInterrupt:
+            stream.write("\ninterrupted\n")
+            return 130
     latency = (
         f"{result.purge_latency_ms} ms from the last pod ready to the CDN request"
         if result.purge_latency_ms is not None
