@@ -19,11 +19,9 @@ import json
 import logging
 import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
-from sidecar.core.rollout import rollout_status
 from sidecar.sim.group_world import GroupWorld
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,21 +31,6 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
-
-
-def _ready(g: GroupWorld, cluster: str, app: str, timeout: float = 15.0) -> float:
-    """Make the new pods ready until complete; when the last one was made ready."""
-    world = g.cluster(cluster).world
-    last = time.time()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if world.ready(app):
-            last = time.time()
-        dep = world.kube.get("deployments", world.namespace, app)
-        if dep is not None and rollout_status(dep).complete:
-            return last
-        time.sleep(0.005)
-    raise TimeoutError(f"{app} on {cluster} did not complete")
 
 
 def run_group(clusters: int, rollouts: int) -> dict[str, Any]:
@@ -65,7 +48,7 @@ def run_group(clusters: int, rollouts: int) -> dict[str, Any]:
             g.set_image("web", image)
             last = 0.0
             for c in g.clusters:  # one after another: the last cluster is the one waited for
-                last = _ready(g, c.name, "web")
+                last = c.world.ready_until_complete("web")
             if not g.wait_for(lambda before=before: len(g.create_requests()) > before, 15):
                 raise RuntimeError(f"rollout {version} was not purged")
             request = g.create_requests()[before]

@@ -23,15 +23,22 @@ from dataclasses import dataclass
 
 import redis
 
-from sidecar.core.group import ClaimKind, claim_key, settled_key
+from sidecar.core.group import ClaimKind, claim_key, epoch_key, recovering_key, settled_key
 from sidecar.logs import get_logger
 
 log = get_logger("group")
 
-# KEYS: claim, the other kind's claim, the chain head hash.
+# KEYS: claim, the other kind's claim, the chain head hash, the epoch, the recovery window.
+# A Redis that lost the group's records (wiped, restarted empty: the epoch is gone) takes no
+# new claim for one lease: live holders re-create theirs at their next renewal first.
 # ARGV: holder (cluster|instance), lease ms, rollout id, the sequence number its id derives
-# from, kind.
+# from, kind, and `take` or `probe` (probe: never create the claim, say `absent`; checked and
+# answered in one script, so a claim lost between a check and a take cannot be taken).
 _ACQUIRE = """
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  redis.call('SET', KEYS[4], '1')
+  redis.call('SET', KEYS[5], '1', 'PX', ARGV[2])
+end
 local seq = tonumber(redis.call('HGET', KEYS[3], 'seq') or '-1')
 local rid = redis.call('HGET', KEYS[3], 'rid') or ''
 local outcome = redis.call('HGET', KEYS[3], 'outcome') or ''
@@ -44,15 +51,15 @@ if other and not (ARGV[5] == 'purge' and rid == ARGV[3] and outcome == 'skipped'
   return {'held', other}
 end
 local cur = redis.call('GET', KEYS[1])
-if not cur then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return {'won', ARGV[1]}
-end
 if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return {'won', cur}
 end
-return {'held', cur}
+if cur then return {'held', cur} end
+if redis.call('EXISTS', KEYS[5]) == 1 then return {'held', 'recovering'} end
+if ARGV[6] == 'probe' then return {'absent', ''} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return {'won', ARGV[1]}
 """
 
 # Renew: extend our own claim; re-create it when it vanished (its Redis was wiped or
@@ -74,11 +81,15 @@ return 0
 """
 
 
+RENEW_EVERY_MAX = 1.0  # seconds
+
+
 class ClaimState(enum.StrEnum):
     WON = "won"  # this holder has it (newly, or it already held it)
     HELD = "held"  # another holder has it: wait for its outcome
     SETTLED = "settled"  # the rollout is settled at the claim place already
     STALE = "stale"  # the group's chain moved past the head this id derives from
+    ABSENT = "absent"  # a probe: nobody holds it (nothing was written)
 
 
 @dataclass(frozen=True)
@@ -97,20 +108,25 @@ def acquire(
     holder: str,
     lease: float,
     derived_from_seq: int,
+    probe: bool = False,
 ) -> ClaimResult:
-    """Try to take the claim (raises redis.RedisError when the claim place does not answer)."""
+    """Try to take the claim (raises redis.RedisError when the claim place does not answer).
+    `probe`: only look (HELD, ABSENT, or WON when this holder already has it)."""
     other = ClaimKind.SKIP if kind is ClaimKind.PURGE else ClaimKind.PURGE
     state, who = client.eval(
         _ACQUIRE,
-        3,
+        5,
         claim_key(group, app, rollout, kind),
         claim_key(group, app, rollout, other),
         settled_key(group, app),
+        epoch_key(group),
+        recovering_key(group),
         holder,
         str(max(1, int(lease * 1000))),
         rollout,
         str(derived_from_seq),
         str(kind),
+        "probe" if probe else "take",
     )
     return ClaimResult(ClaimState(str(state)), str(who))
 
@@ -148,7 +164,8 @@ class ClaimLease:
         return 0.0 if self._lost else self._valid_until - time.monotonic()
 
     def _run(self) -> None:
-        every = max(0.05, self._lease / 3)
+        # Often, whatever the lease: a claim its place lost is re-created within this.
+        every = max(0.05, min(self._lease / 3, RENEW_EVERY_MAX))
         while not self._stop.wait(every):
             started = time.monotonic()
             try:

@@ -154,6 +154,7 @@ class Aggregator:
                 known_names=_known_names(self.ledger),
                 on_learned=self._keep_names,
                 clock=clock,
+                claim_lease=CLAIM_LEASES * options.lease_duration,
             )
             group_role = GroupRole(
                 members=self.group,

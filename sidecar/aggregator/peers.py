@@ -32,6 +32,7 @@ from sidecar.core.group import (
     HEARTBEAT_EVERY,
     HEARTBEAT_TTL,
     PEER_CHECK_EVERY,
+    PEER_DOWN_AFTER,
     PEER_SOCKET_TIMEOUT,
     ChainLink,
     EventKind,
@@ -43,6 +44,7 @@ from sidecar.core.group import (
     Reach,
     configuration_problems,
     decode_event,
+    epoch_key,
     event_message,
     events_channel,
     inflight_key,
@@ -50,6 +52,7 @@ from sidecar.core.group import (
     key_app,
     member_key,
     member_pattern,
+    recovering_key,
     settled_key,
     settled_pattern,
     state_key,
@@ -208,6 +211,7 @@ class GroupMembers:
         on_learned: Callable[[dict[str, str]], None] | None = None,
         clock: Callable[[], float] = time.time,
         mode: str = "aggregator",
+        claim_lease: float = 60.0,
     ) -> None:
         """`local`, `peers`: (endpoint as shown, client). `on_change(app)`: something of that
         app changed (None: anything may have; re-evaluate every app). `known_names`: endpoint
@@ -232,6 +236,8 @@ class GroupMembers:
         self._published: dict[str, MemberState] = {}  # app -> last state written (at=0)
         self._links: dict[str, ChainLink] = {}  # app -> last head written to the own Redis
         self._publisher: threading.Thread | None = None
+        self._beats = 0  # heartbeats written by this process
+        self.claim_lease = claim_lease
         self.synced = threading.Event()  # the own Redis was read once
 
     @property
@@ -279,7 +285,7 @@ class GroupMembers:
 
     def _member_view(self, m: _Member, app: str, now: float) -> MemberView:
         info = m.own_info()
-        answered = m.answered_at is not None and now - m.answered_at <= 2 * PEER_CHECK_EVERY + 3
+        answered = m.answered_at is not None and now - m.answered_at <= PEER_DOWN_AFTER
         if m.local:
             reach = Reach.UP if answered else Reach.DOWN
         else:
@@ -312,6 +318,13 @@ class GroupMembers:
                 if flight is not None and flight.rollout_id == rollout:
                     return flight
         return None
+
+    def read_inflight(self, app: str, rollout: str) -> InFlight | None:
+        """This cluster's own Redis's in-flight record of the rollout, read now (a claim
+        winner mirrors it to every member on winning): the claim's check does not rest on a
+        cache that a reconnect or a lost message may have left behind. Raises RedisError."""
+        flight = InFlight.decode(self._members[0].client.get(inflight_key(self.group, app)))
+        return flight if flight is not None and flight.rollout_id == rollout else None
 
     def note_link(self, member: str, link: ChainLink) -> None:
         """A chain head read from `member` outside its subscriber (the claim place's)."""
@@ -388,7 +401,7 @@ class GroupMembers:
             self._links[link.app] = link
         return missed
 
-    def mirror_inflight(self, flight: InFlight) -> None:
+    def mirror_inflight(self, flight: InFlight) -> list[str]:
         """Before the CDN call: the winner's in-flight record (rollout id, exact request) on
         every reachable member, so a successor claimer resumes it with the same key."""
         message = event_message(EventKind.INFLIGHT, self.cluster, flight.app)
@@ -401,7 +414,7 @@ class GroupMembers:
             with self._lock:
                 m.snapshot.inflight[flight.app] = flight
 
-        self._to_every_member(f"inflight {flight.app} {flight.rollout_id}", write)
+        return self._to_every_member(f"inflight {flight.app} {flight.rollout_id}", write)
 
     # -- the publisher thread ---------------------------------------------------------------
     def _heartbeat(self) -> MemberInfo:
@@ -435,6 +448,17 @@ class GroupMembers:
                     key = member_key(self.group, self.cluster)
                     existed = client.exists(key)
                     client.set(key, info.encode(), ex=HEARTBEAT_TTL)
+                    if (
+                        not existed
+                        and self._beats
+                        and client.set(epoch_key(self.group), "1", nx=True)
+                    ):
+                        # It lost the group's records while we ran (wiped, restarted empty):
+                        # no new claim there for one lease, holders re-create theirs first.
+                        client.set(recovering_key(self.group), "1", px=int(self.claim_lease * 1000))
+                    elif not self._beats:
+                        client.set(epoch_key(self.group), "1", nx=True)
+                    self._beats += 1
                     if not existed:
                         # First beat, or the Redis lost our records (wiped, restarted):
                         # announce and write everything again.

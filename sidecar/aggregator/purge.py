@@ -211,11 +211,7 @@ class PurgeRunner:
         self, name: str, dep: Obj, cfg: AppConfig, intent: Intent, completed_at: float | None
     ) -> None:
         """Purge in a thread of its own, unless one runs for this Deployment or it backs off."""
-        if self.flights.busy(name):
-            return
-        retries = self._retries.get(name)
-        if retries is not None and retries.retry_at > self._clock():
-            self._mark(name, retries.retry_at)  # still backing off: re-evaluations wait too
+        if self._busy_or_backing_off(name):
             return
         self.flights.run(
             name, f"purge-{name}", lambda: self._purge(name, dep, cfg, intent, completed_at)
@@ -234,11 +230,7 @@ class PurgeRunner:
     ) -> None:
         """Cluster groups: take the group's claim for `intent`, then purge (or skip) as its
         winner, in a thread of its own (the claim place may be slow: no other app waits)."""
-        if self.flights.busy(name):
-            return
-        retries = self._retries.get(name)
-        if retries is not None and retries.retry_at > self._clock():
-            self._mark(name, retries.retry_at)
+        if self._busy_or_backing_off(name):
             return
         wait = self._claim_wait.pop(name, 0.0)
         if wait > self._clock():
@@ -254,6 +246,17 @@ class PurgeRunner:
                 name, dep, cfg, kind, intent, completed_at, derived_from_seq, reason
             ),
         )
+
+    def _busy_or_backing_off(self, name: str) -> bool:
+        """A worker runs for this Deployment, or its purge backs off (then re-evaluations
+        wait for the retry too)."""
+        if self.flights.busy(name):
+            return True
+        retries = self._retries.get(name)
+        if retries is not None and retries.retry_at > self._clock():
+            self._mark(name, retries.retry_at)
+            return True
+        return False
 
     def confirm_or_fold(self, name: str, dep: Obj, cfg: AppConfig, intent: Intent) -> None:
         """A completed rollout's purge, found while a newer rollout of the app is under way,
@@ -599,9 +602,6 @@ class PurgeRunner:
                 retry = 1.0
                 return
             try:
-                if self._other_holder_flying(client, cfg.app, intent, kind):
-                    retry = group.lease / 3
-                    return
                 result = acquire(
                     client,
                     group=group.group,
@@ -611,7 +611,22 @@ class PurgeRunner:
                     holder=group.holder,
                     lease=group.lease,
                     derived_from_seq=derived_from_seq,
+                    probe=self._other_holder_flying(cfg.app, intent, kind),
                 )
+                if result.state is ClaimState.ABSENT:
+                    # Another cluster's purge is in flight and its claim is gone: wait a
+                    # whole lease for its holder to re-create it (_other_holder_flying).
+                    key = claim_key(group.group, cfg.app, intent.rollout_id, kind)
+                    self._patience.setdefault(key, time.monotonic())
+                    log.info(
+                        LogEvent.GROUP_CLAIM_NOT_WON,
+                        place=place.name,
+                        state="absent",
+                        holder="",
+                        **fields,
+                    )
+                    retry = group.lease / 3
+                    return
             except redis.RedisError as exc:
                 # While the claim place does not answer nobody purges.
                 log.warning(
@@ -631,6 +646,9 @@ class PurgeRunner:
                     **fields,
                 )
                 if result.state is ClaimState.HELD:
+                    self._patience.pop(
+                        claim_key(group.group, cfg.app, intent.rollout_id, kind), None
+                    )
                     retry = group.lease / 2
                     self._claim_wait[name] = self._clock() + retry
                 else:
@@ -676,45 +694,37 @@ class PurgeRunner:
         finally:
             self._mark(name, None if retry is None else self._clock() + retry)
 
-    def _other_holder_flying(
-        self, client: redis.Redis, app: str, intent: Intent, kind: ClaimKind
-    ) -> bool:
-        """Another cluster's in-flight purge of this rollout is on record (mirrored to every
-        member before its CDN call): its claim expired, or the claim place lost it (wiped,
-        restarted). A live holder re-creates a lost claim at its next renewal (a third of a
-        lease), so the claim is taken over only once it has been seen absent for a whole
-        lease, on this cluster's monotonic clock; then the holder's request is resumed (same
-        key, same plan). True: not yet, look again later. Raises redis.RedisError."""
+    def _other_holder_flying(self, app: str, intent: Intent, kind: ClaimKind) -> bool:
+        """Whether to only probe the claim: another cluster's in-flight purge of this rollout
+        is on record (announced to every member when it won) and its claim has not been
+        seen absent for a whole lease yet. Its claim expired, or the claim place lost it
+        (wiped, restarted): a live holder re-creates a lost claim at its next renewal, so the
+        claim is taken over only after a whole lease without it, on this cluster's monotonic
+        clock; then the holder's request is resumed (same key, same plan). Raises
+        redis.RedisError (reading this cluster's own Redis)."""
         group = self._group
         assert group is not None
+        key = claim_key(group.group, app, intent.rollout_id, kind)
         if kind is not ClaimKind.PURGE:
             return False
-        flight = group.members.inflight(app, intent.rollout_id)
+        flight = group.members.inflight(app, intent.rollout_id) or group.members.read_inflight(
+            app, intent.rollout_id
+        )
         if flight is None or not flight.holder or holder_cluster(flight.holder) == self._cluster:
+            self._patience.pop(key, None)
             return False  # none, or ours: this cluster's leader election fences its pods
-        key = claim_key(group.group, app, intent.rollout_id, kind)
-        if client.exists(key):
-            self._patience.pop(key, None)  # held: the acquire answers who holds it
-            return False
-        first = self._patience.setdefault(key, time.monotonic())
-        if time.monotonic() - first < group.lease:
+        first = self._patience.get(key)
+        if first is not None and time.monotonic() - first >= group.lease:
+            self._patience.pop(key, None)
             log.info(
-                "group.inflight_elsewhere",
+                "group.inflight_taken_over",
                 cluster=self._cluster,
                 app=app,
                 rollout=intent.rollout_id,
                 holder=flight.holder,
             )
-            return True
-        self._patience.pop(key, None)
-        log.info(
-            "group.inflight_taken_over",
-            cluster=self._cluster,
-            app=app,
-            rollout=intent.rollout_id,
-            holder=flight.holder,
-        )
-        return False
+            return False
+        return True
 
     def _note_place_link(self, client: redis.Redis, app: str, place: str) -> None:
         """Our caches lag the claim place's chain head: take it from there now."""
@@ -761,7 +771,14 @@ class PurgeRunner:
         flight = InFlight(
             cfg.app, intent.rollout_id, self._cluster, plan, self._clock(), holder=group.holder
         )
-        group.members.mirror_inflight(flight)
+        missed = group.members.mirror_inflight(flight)
+        log.info(
+            "group.claim_announced",
+            app=cfg.app,
+            cluster=self._cluster,
+            rollout=intent.rollout_id,
+            missed=missed,
+        )
 
     def _mirror_plan(self, cfg: AppConfig, intent: Intent) -> None:
         if self._group is None or intent.plan is None:

@@ -51,6 +51,9 @@ HEARTBEAT_TTL = 20
 # unreachable: the subscriber's liveness reads have a short socket timeout.
 PEER_CHECK_EVERY = 2.0
 PEER_SOCKET_TIMEOUT = 2.0
+# A member whose Redis has not answered for this long counts as down: one check interval, one
+# timed-out read, and a second of slack.
+PEER_DOWN_AFTER = PEER_CHECK_EVERY + PEER_SOCKET_TIMEOUT + 1.0
 # The claim's lease, in leader leases (LEASE_DURATION): a holder whose cluster fails over to
 # another aggregator replica keeps its claim; only a cluster gone this long loses it.
 CLAIM_LEASES = 4
@@ -99,6 +102,18 @@ def inflight_pattern(group: str) -> str:
 def claim_key(group: str, app: str, rollout: str, kind: ClaimKind) -> str:
     suffix = "" if kind is ClaimKind.PURGE else ":skip"
     return f"cb:{group}:claim:{app}:{rollout}{suffix}"
+
+
+def epoch_key(group: str) -> str:
+    """Present while this Redis has kept the group's records since cache-buster first wrote
+    there: absent means it was wiped or restarted empty (then `recovering_key` opens)."""
+    return f"cb:{group}:epoch"
+
+
+def recovering_key(group: str) -> str:
+    """Set for one claim lease after a Redis lost the group's records: no new claim is taken
+    there meanwhile, so live holders re-create theirs first (docs/architecture.md, G4)."""
+    return f"cb:{group}:recovering"
 
 
 def events_channel(group: str) -> str:

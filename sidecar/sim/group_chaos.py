@@ -30,7 +30,6 @@ from typing import Any
 
 import redis
 
-from sidecar.core.rollout import rollout_status
 from sidecar.logs import get_logger
 from sidecar.sim.group_world import GroupWorld
 from sidecar.webhooks.events import EVENT_HEADER
@@ -204,19 +203,11 @@ class GroupChaos:
         return bool(predicate())
 
     # -- one app's rollouts -------------------------------------------------------------------
-    def _ready(self, cluster: str, app: str, timeout: float = 15.0) -> float | None:
-        """Make the new pods ready until the rollout is complete; when the last was made."""
-        world = self.world.cluster(cluster).world
-        last: float | None = None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if world.ready(app):
-                last = time.time()
-            dep = world.kube.get("deployments", world.namespace, app)
-            if dep is not None and rollout_status(dep).complete:
-                return last if last is not None else time.time()
-            time.sleep(0.02)
-        return None
+    def _ready(self, cluster: str, app: str) -> float | None:
+        try:
+            return self.world.cluster(cluster).world.ready_until_complete(app)
+        except TimeoutError:
+            return None
 
     def _drive(self, app: str, rng: random.Random) -> None:
         w = self.world

@@ -157,14 +157,7 @@ class GroupWorld:
         return [self.aggregator(c.name, **options) for c in self.clusters]
 
     def webhooks_config(self, names: list[str], *, prefix: str = "", **hook: Any) -> str:
-        base = f"{self.receiver.url}/{prefix}" if prefix else self.receiver.url
-        return json.dumps(
-            {
-                "webhooks": [
-                    {"name": n, "url": f"{base}/{n}", "method": "POST", **hook} for n in names
-                ]
-            }
-        )
+        return self.clusters[0].world.webhooks_config(names, prefix=prefix, **hook)
 
     # -- the app, on every cluster ------------------------------------------------------------
     def deploy(self, name: str, image: str, **kw: Any) -> None:

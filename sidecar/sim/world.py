@@ -321,16 +321,33 @@ class World:
             self.fleet.forget(name, remove)
 
     # -- cache-buster -----------------------------------------------------------------------
-    def webhooks_config(self, names: list[str], **hook: Any) -> str:
-        """A webhooks file in the Go worker's format pointing every named hook at the receiver."""
+    def webhooks_config(self, names: list[str], *, prefix: str = "", **hook: Any) -> str:
+        """A webhooks file in the Go worker's format pointing every named hook at the receiver
+        (under `prefix/`, when given: the receiver then tells senders apart)."""
+        base = f"{self.receiver.url}/{prefix}" if prefix else self.receiver.url
         return json.dumps(
             {
                 "webhooks": [
-                    {"name": n, "url": f"{self.receiver.url}/{n}", "method": "POST", **hook}
-                    for n in names
+                    {"name": n, "url": f"{base}/{n}", "method": "POST", **hook} for n in names
                 ]
             }
         )
+
+    def ready_until_complete(self, name: str, timeout: float = 15.0) -> float:
+        """Make the new pods ready until the rollout is complete; returns when the last one
+        was made ready (wall clock: the emulators record wall-clock times)."""
+        from sidecar.core.rollout import rollout_status
+
+        last = time.time()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready(name):
+                last = time.time()
+            dep = self.kube.get("deployments", self.namespace, name)
+            if dep is not None and rollout_status(dep).complete:
+                return last
+            time.sleep(0.005)
+        raise TimeoutError(f"deployment {name} did not complete")
 
     def provider(self, **kw: Any) -> CloudFrontProvider:
         key = kw.pop("access_key", None)

@@ -250,6 +250,8 @@ def _newest_records() -> dict[str, AppRecord]:
         ),
         "folded": AppRecord(settled=settled, intent=following, deferred=folded),
         "hooks": AppRecord(settled=replace(settled, detail=detail)),
+        # The group's chain (docs/architecture.md, "Cluster groups", G1), inside `detail`.
+        "chain": AppRecord(settled=replace(settled, previous="r-0d58657a407575fc754efa7f", seq=3)),
     }
 
 
