@@ -237,6 +237,9 @@ class GroupMembers:
         self._links: dict[str, ChainLink] = {}  # app -> last head written to the own Redis
         self._publisher: threading.Thread | None = None
         self._beats = 0  # heartbeats written by this process
+        # member name -> instance id -> when (monotonic) a heartbeat of it was last read: two
+        # instances writing one name alternate in its key, and every reader sees both.
+        self._instances: dict[str, dict[str, float]] = {}
         self.claim_lease = claim_lease
         self.synced = threading.Event()  # the own Redis was read once
 
@@ -275,6 +278,7 @@ class GroupMembers:
             views = [self._member_view(m, app, now) for m in self._members]
             local = self._members[0].snapshot
         problems = configuration_problems(self.cluster, self.instance, self.configured, views)
+        problems += self._collisions(now)
         mine = local.states.get((app, self.cluster))
         if mine is not None and mine.instance and mine.instance != self.instance:
             problems.append(
@@ -302,6 +306,25 @@ class GroupMembers:
             link=m.snapshot.links.get(app),
             local=m.local,
         )
+
+    def _collisions(self, now: float) -> list[str]:
+        """Names written by more than one instance within two heartbeat TTLs (under the
+        lock): two clusters with one CLUSTER_NAME, or two namespaces sharing a Redis."""
+        out = []
+        for name, seen in sorted(self._instances.items()):
+            recent = sorted(i for i, at in seen.items() if now - at <= 2 * HEARTBEAT_TTL)
+            if len(recent) > 1:
+                out.append(
+                    f"name collision: instances {', '.join(recent)} all write as cluster "
+                    f"{name!r}; give each cluster (and namespace) its own CLUSTER_NAME"
+                )
+        return out
+
+    def _saw(self, infos: Mapping[str, MemberInfo]) -> None:
+        now = time.monotonic()
+        for info in infos.values():
+            if info.instance:
+                self._instances.setdefault(info.name, {})[info.instance] = now
 
     def client_of(self, name: str) -> redis.Redis | None:
         with self._lock:
@@ -446,8 +469,14 @@ class GroupMembers:
                 if time.monotonic() >= next_beat:
                     info = self._heartbeat()
                     key = member_key(self.group, self.cluster)
-                    existed = client.exists(key)
+                    before = client.get(key)
+                    existed = before is not None
                     client.set(key, info.encode(), ex=HEARTBEAT_TTL)
+                    other = MemberInfo.decode(before)
+                    if other is not None and other.instance != self.instance:
+                        # Another writer of this name (it would overwrite ours in turn).
+                        with self._lock:
+                            self._saw({other.name: other})
                     if (
                         not existed
                         and self._beats
@@ -501,6 +530,7 @@ class GroupMembers:
         with self._lock:
             before = m.snapshot
             m.snapshot = snap
+            self._saw(snap.infos)
             m.answered_at = time.monotonic()
             if m.local or m.own_info() is not None:
                 m.live_at = m.answered_at
@@ -573,6 +603,7 @@ class GroupMembers:
         with self._lock:
             had = set(m.snapshot.infos)
             m.snapshot.infos = infos
+            self._saw(infos)
             m.answered_at = time.monotonic()
             if m.local or m.own_info() is not None:
                 m.live_at = m.answered_at

@@ -417,7 +417,7 @@ def decide_in_group(
             if done
             else _PHASES[observation.status.phase]
         )
-        if phase is GroupPhase.COMPLETE and observation.status.phase is not Phase.COMPLETE:
+        if phase is GroupPhase.COMPLETE and not (done and observation.status.complete):
             phase = GroupPhase.PROGRESSING
         settled = current.settled
         state = MemberState(

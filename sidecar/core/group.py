@@ -204,14 +204,17 @@ class MemberInfo:
         doc = _load(raw)
         if doc is None or not isinstance(doc.get("name"), str):
             return None
-        return cls(
-            name=doc["name"],
-            instance=str(doc.get("instance") or ""),
-            namespace=str(doc.get("namespace") or ""),
-            peers=tuple(str(p) for p in doc.get("peers") or ()),
-            configured=int(doc.get("configured") or 0),
-            mode=str(doc.get("mode") or "aggregator"),
-        )
+        try:
+            return cls(
+                name=doc["name"],
+                instance=str(doc.get("instance") or ""),
+                namespace=str(doc.get("namespace") or ""),
+                peers=tuple(str(p) for p in doc.get("peers") or ()),
+                configured=int(doc.get("configured") or 0),
+                mode=str(doc.get("mode") or "aggregator"),
+            )
+        except (ValueError, TypeError):  # a malformed record is skipped, never raised
+            return None
 
 
 @dataclass(frozen=True)
@@ -393,14 +396,17 @@ class InFlight:
         doc = _load(raw)
         if doc is None or not isinstance(doc.get("plan"), dict):
             return None
-        return cls(
-            app=str(doc.get("app") or ""),
-            rollout_id=str(doc.get("rollout_id") or ""),
-            cluster=str(doc.get("cluster") or ""),
-            plan=doc["plan"],
-            at=float(doc.get("at") or 0.0),
-            holder=str(doc.get("holder") or ""),
-        )
+        try:
+            return cls(
+                app=str(doc.get("app") or ""),
+                rollout_id=str(doc.get("rollout_id") or ""),
+                cluster=str(doc.get("cluster") or ""),
+                plan=doc["plan"],
+                at=float(doc.get("at") or 0.0),
+                holder=str(doc.get("holder") or ""),
+            )
+        except (ValueError, TypeError):
+            return None
 
 
 def event_message(kind: EventKind, cluster: str, app: str | None = None) -> str:

@@ -291,13 +291,6 @@ def test_a_field_of_the_wrong_type_decodes_to_none(cls: Any, field: str, value: 
     assert cls.decode(json.dumps(doc)) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(ValueError, TypeError),
-    reason="MemberInfo.decode and InFlight.decode convert fields without catching "
-    "ValueError/TypeError (MemberState.decode and ChainLink.decode do): one malformed heartbeat "
-    "or in-flight record raises out of read_snapshot instead of being skipped",
-)
 @pytest.mark.parametrize(
     ("cls", "field", "value"),
     [
@@ -832,12 +825,6 @@ def test_first_sight_with_an_unreachable_peer_waits_and_writes_nothing(reach: Re
     assert late.decision.verdict is Verdict.BASELINE
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decide_in_group passes complete=False for the first-sight wait, but result() maps "
-    "Phase.COMPLETE through _PHASES to GroupPhase.COMPLETE, so the cluster publishes "
-    "`complete` for a rollout it has not recorded",
-)
 def test_first_sight_waiting_for_the_group_does_not_publish_complete() -> None:
     gv = view(member(PEER, reach=Reach.DOWN, unreachable_for=1.0))
     gd = run(AppRecord(), obs("nginx:1"), gv)

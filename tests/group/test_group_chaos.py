@@ -28,4 +28,4 @@ def test_fifty_group_rollouts_under_faults() -> None:
 
 @pytest.mark.slow
 def test_two_hundred_group_rollouts_under_faults() -> None:
-    run(23, clusters=3, apps=40, steps=5)
+    run(23, clusters=3, apps=25, steps=8, replicas=1)
