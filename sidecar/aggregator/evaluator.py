@@ -20,7 +20,7 @@ from sidecar.aggregator.metrics import Metrics
 from sidecar.aggregator.notifier import Notifier, owes_webhooks
 from sidecar.aggregator.options import AggregatorOptions
 from sidecar.aggregator.peers import GroupMembers
-from sidecar.aggregator.purge import PurgeRunner
+from sidecar.aggregator.purge import GroupClaim, PurgeRunner
 from sidecar.aggregator.reports import ReportCache
 from sidecar.core.annotations import AppConfig
 from sidecar.core.decision import Decision, GroupDecision, Verdict, decide, decide_in_group
@@ -335,16 +335,14 @@ class Evaluator:
             rollout = gd.claim_for.rollout_id
             seen = p.state.completed_at.setdefault(rollout, p.now)
             settled = current.settled
-            self._runner.claim(
-                p.name,
-                p.dep,
-                p.cfg,
+            claim = GroupClaim(
                 gd.claim,
                 gd.claim_for,
                 seen,
                 settled.seq if settled is not None else -1,
                 decision.reason,
             )
+            self._runner.claim(p.name, p.dep, p.cfg, claim)
         elif gd is not None and decision.verdict is Verdict.WAITING_FOR_GROUP:
             self._waiting_for_group(p, gd)
         elif decision.purge is not None:

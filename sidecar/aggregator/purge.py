@@ -152,6 +152,18 @@ class GroupRole:
     lease: float
 
 
+@dataclass(frozen=True)
+class GroupClaim:
+    """What the evaluator asks of the purge runner in a group: take the claim of `kind` for
+    `intent` (derived from the chain head of sequence `derived_from_seq`), then act on it."""
+
+    kind: ClaimKind
+    intent: Intent
+    completed_at: float | None  # when this cluster first saw the rollout complete
+    derived_from_seq: int
+    reason: str  # the agreement, for the log
+
+
 @dataclass
 class _Retries:
     backoff: Backoff = field(default_factory=lambda: Backoff(PURGE_RETRY))
@@ -217,17 +229,7 @@ class PurgeRunner:
             name, f"purge-{name}", lambda: self._purge(name, dep, cfg, intent, completed_at)
         )
 
-    def claim(
-        self,
-        name: str,
-        dep: Obj,
-        cfg: AppConfig,
-        kind: ClaimKind,
-        intent: Intent,
-        completed_at: float | None,
-        derived_from_seq: int,
-        reason: str,
-    ) -> None:
+    def claim(self, name: str, dep: Obj, cfg: AppConfig, claim: GroupClaim) -> None:
         """Cluster groups: take the group's claim for `intent`, then purge (or skip) as its
         winner, in a thread of its own (the claim place may be slow: no other app waits)."""
         if self._busy_or_backing_off(name):
@@ -239,13 +241,7 @@ class PurgeRunner:
             self._claim_wait[name] = wait
             self._mark(name, wait)
             return
-        self.flights.run(
-            name,
-            f"claim-{name}",
-            lambda: self._claim_then(
-                name, dep, cfg, kind, intent, completed_at, derived_from_seq, reason
-            ),
-        )
+        self.flights.run(name, f"claim-{name}", lambda: self._claim_then(name, dep, cfg, claim))
 
     def _busy_or_backing_off(self, name: str) -> bool:
         """A worker runs for this Deployment, or its purge backs off (then re-evaluations
@@ -566,21 +562,13 @@ class PurgeRunner:
             self._mark(name, None)
 
     # -- cluster groups: the claim ---------------------------------------------------------
-    def _claim_then(
-        self,
-        name: str,
-        dep: Obj,
-        cfg: AppConfig,
-        kind: ClaimKind,
-        intent: Intent,
-        completed_at: float | None,
-        derived_from_seq: int,
-        reason: str,
-    ) -> None:
+    def _claim_then(self, name: str, dep: Obj, cfg: AppConfig, claim: GroupClaim) -> None:
         """The claim winner alone writes PURGING and calls the CDN (docs/architecture.md,
         "Cluster groups", the claim). Not won: held by another (its outcome arrives through
         the mirrors; re-checked after half a lease, in case the holder died), settled at the
         claim place already, or stale (the chain moved): re-evaluate, which adopts the head."""
+        kind, intent, completed_at = claim.kind, claim.intent, claim.completed_at
+        derived_from_seq, reason = claim.derived_from_seq, claim.reason
         group = self._group
         assert group is not None
         fields = {
