@@ -166,31 +166,20 @@ class ClaimLease:
     def _run(self) -> None:
         # Often, whatever the lease: a claim its place lost is re-created within this.
         every = max(0.05, min(self._lease / 3, RENEW_EVERY_MAX))
-        while not self._stop.wait(every):
-            started = time.monotonic()
-            try:
-                ok = self._client.eval(
-                    _RENEW, 1, self._key, self._holder, str(int(self._lease * 1000))
-                )
-            except redis.RedisError as exc:
-                log.warning("claim.renew_failed", key=self._key, error=str(exc)[:200])
-                continue  # the lease runs out by itself; valid_for() says so
-            if not ok:
-                self._lost = True
-                log.warning("claim.lost", key=self._key)
-                return
-            self._valid_until = started + self._lease - self._margin
+        while not self._stop.wait(every) and not self._lost:
+            self.confirm()  # a failed call leaves the lease to run out: valid_for() says so
 
     def confirm(self) -> bool:
-        """Renew now, synchronously: the fence right before a CDN call (False: the claim is
-        another holder's, or its place does not answer)."""
+        """Renew now (the renewal thread, and the fence right before a CDN call). False:
+        the claim is another holder's (then it is lost for good), or its place does not
+        answer."""
         if self._lost:
             return False
         started = time.monotonic()
         try:
             ok = self._client.eval(_RENEW, 1, self._key, self._holder, str(int(self._lease * 1000)))
         except redis.RedisError as exc:
-            log.warning("claim.confirm_failed", key=self._key, error=str(exc)[:200])
+            log.warning("claim.renew_failed", key=self._key, error=str(exc)[:200])
             return False
         if not ok:
             self._lost = True
