@@ -12,3 +12,9 @@ pytest_plugins = ["tests.redis_fixtures", "tests.world_fixtures"]
 def _json_logs() -> None:
     """Structured log lines on stderr: pytest shows them for a failing test."""
     logs.setup("info")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Slow scenario and chaos tests first: with xdist they then run beside the many short
+    tests instead of being the tail of the run (the suite's wall time is its longest tail)."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("slow") else 1)
