@@ -340,6 +340,87 @@ def _settle(
     return replace(record, settled=settled, intent=None, deferred=None, attempts={})
 
 
+# -- Job mode ----------------------------------------------------------------------------------
+class JobVerdict(enum.StrEnum):
+    """What `cache-buster purge` does for the rollout it was started for."""
+
+    PURGE = "purge"  # a rollout not purged yet: record the PURGING intent, then purge
+    RESUME = "resume"  # an earlier run's purge of this rollout is in flight: finish it
+    ALREADY_PURGED = "already_purged"  # settled PURGED: send nothing (webhooks still owed are)
+    ALREADY_SKIPPED = "already_skipped"  # settled SKIPPED (a group skip): nothing to send
+
+
+@dataclass(frozen=True)
+class JobDecision:
+    verdict: JobVerdict
+    record: AppRecord | None  # the record to write before purging; None: unchanged
+    intent: Intent | None  # the PURGING intent (PURGE, RESUME)
+    settled: Settled | None  # the earlier outcome (ALREADY_*)
+    reason: str
+
+
+def decide_for_job(
+    *, group: str, app: str, image: str, from_image: str | None, record: AppRecord, now: float
+) -> JobDecision:
+    """Job mode (docs/architecture.md, "Job mode"): the Job exists because `image` was rolled
+    out, and its init container (`cache-buster wait`) saw the rollout complete, so unlike
+    `decide` there is no first-sight baseline. The rules, in order:
+    J1. a PURGING intent for `image` is finished with the same id and recorded plan (a Pod
+        that died mid-purge, a timeout, a second Job racing the first);
+    J2. settled PURGED (or SKIPPED) for `image`: already done; a re-run (Argo CD PostSync
+        after every sync, Helm on every upgrade) sends nothing;
+    J3. otherwise a rollout of `image` from the settled one: its id derives from the settled
+        id (none for an empty ledger), and a settled baseline or failure of this same image
+        does not count as a purge (the Job says it was rolled out; a failed purge is retried
+        under a new id). An unfinished intent for another image is superseded by this one."""
+    intent = record.intent
+    if intent is not None and _same(intent.image, image):
+        if intent.state is IntentState.PURGING:
+            return JobDecision(
+                JobVerdict.RESUME, None, intent, None, "resuming this rollout's purge"
+            )
+        purging = replace(intent, state=IntentState.PURGING)
+        return JobDecision(
+            JobVerdict.PURGE,
+            replace(record, intent=purging),
+            purging,
+            None,
+            "rollout complete: purge",
+        )
+    settled = record.settled
+    if settled is not None and _same(settled.image, image):
+        if settled.outcome is Outcome.PURGED:
+            return JobDecision(
+                JobVerdict.ALREADY_PURGED, None, None, settled, "this rollout was purged before"
+            )
+        if settled.outcome is Outcome.SKIPPED:
+            return JobDecision(
+                JobVerdict.ALREADY_SKIPPED, None, None, settled, "this rollout was skipped"
+            )
+    if intent is not None:
+        failure = Failure(intent.image, intent.rollout_id, FailureReason.SUPERSEDED, now)
+        record = replace(record, intent=None, last_failure=failure)
+    start = from_image
+    if settled is not None and not _same(settled.image, image):
+        start = settled.image
+    rid = rollout_id(group, app, image, settled.rollout_id if settled is not None else None)
+    purging = Intent(
+        image=image,
+        rollout_id=rid,
+        from_image=start,
+        state=IntentState.PURGING,
+        started_at=now,
+        attempt=record.attempt_of(rid),
+    )
+    return JobDecision(
+        JobVerdict.PURGE,
+        replace(record, intent=purging).with_attempt(rid, purging.attempt),
+        purging,
+        None,
+        "rollout complete: purge",
+    )
+
+
 # -- cluster groups ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class GroupDecision:
