@@ -289,6 +289,179 @@ def status(
     )
 
 
+@app.command()
+def wait(
+    deployment: Annotated[
+        str | None, typer.Option(metavar="NAME", help="the Deployment to wait for (required)")
+    ] = None,
+    namespace: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NS",
+            help="its namespace (default: NAMESPACE, else the service account's, else default)",
+        ),
+    ] = None,
+    container: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="the container whose image counts (default: the Deployment's "
+            "cache-buster.io/container annotation, else its first container)",
+        ),
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            metavar="REF",
+            help="the image to wait for (default: APP_IMAGE; neither: the rollout of whatever "
+            "the Deployment runs)",
+        ),
+    ] = None,
+    match: Annotated[
+        str,
+        typer.Option(
+            metavar="exact|normalized",
+            help="exact: the same string (as the Flux Job pattern compared); normalized: the "
+            "same image (nginx:1.27 is docker.io/library/nginx:1.27)",
+        ),
+    ] = "exact",
+    timeout: Annotated[
+        str,
+        typer.Option(
+            metavar="DURATION",
+            help="bounds the whole wait, the wait for the image included (90s, 15m; 0: none)",
+        ),
+    ] = "30m",
+    kubeconfig: Annotated[
+        str | None, typer.Option(help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
+    ] = None,
+) -> None:
+    """Job mode: wait until the Deployment runs the image, then until its rollout completes.
+
+    One watch, no polling: progress lines on stdout, once per change; the reason on stderr.
+
+    Exit status: 0 rolled out, 1 API error (after retries) or SIGTERM/SIGINT, 2 bad flag,
+    3 rolled back, 4 superseded, 5 stalled (ProgressDeadlineExceeded) at the timeout, 6 timed out.
+    """
+    from initwait.command import main as wait_main
+
+    raise typer.Exit(
+        wait_main(
+            deployment=deployment,
+            namespace=namespace,
+            container=container,
+            image=image,
+            match=match,
+            timeout=timeout,
+            kubeconfig=kubeconfig,
+            env=os.environ,
+            out=sys.stdout,
+            err=sys.stderr,
+        )
+    )
+
+
+@app.command()
+def purge(
+    deployment: Annotated[
+        str, typer.Option(metavar="NAME", help="the app's Deployment (its annotations apply)")
+    ],
+    namespace: Annotated[
+        str | None, typer.Option(metavar="NS", help="its namespace (default: NAMESPACE)")
+    ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            metavar="REF",
+            help="the image the rollout was for (default: APP_IMAGE, else what it runs)",
+        ),
+    ] = None,
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="cloudfront or cloudflare (default: the cache-buster.io/provider annotation; "
+            "cloudflare when ZONE_ID is set; else cloudfront)",
+        ),
+    ] = None,
+    domains: Annotated[
+        str | None,
+        typer.Option(metavar="A,B", help="hosts to purge (default: annotation, then routing)"),
+    ] = None,
+    paths: Annotated[
+        str | None, typer.Option(metavar="P,Q", help="paths, /x/* for a prefix (default /*)")
+    ] = None,
+    zone: Annotated[
+        str | None, typer.Option(metavar="ID", help="Cloudflare zone id (default: ZONE_ID)")
+    ] = None,
+    distribution_id: Annotated[
+        str | None, typer.Option(metavar="ID", help="CloudFront distribution id")
+    ] = None,
+    container: Annotated[
+        str | None, typer.Option(metavar="NAME", help="the watched container")
+    ] = None,
+    webhooks: Annotated[
+        str | None, typer.Option(metavar="A,B", help="extra hook names, or none")
+    ] = None,
+    cloudflare_purge: Annotated[
+        str | None,
+        typer.Option(metavar="MODE", help="files, prefixes, hosts, tags or everything"),
+    ] = None,
+    cloudflare_tags: Annotated[
+        str | None, typer.Option(metavar="T,U", help="Cloudflare cache tags")
+    ] = None,
+    timeout: Annotated[
+        str, typer.Option(metavar="DURATION", help="bounds the purge and its retries (0: none)")
+    ] = "10m",
+    strict: Annotated[
+        bool, typer.Option("--strict", help="exit 8 when the rollout was purged before")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="print the requests it would send (secrets masked)"),
+    ] = False,
+    kubeconfig: Annotated[
+        str | None, typer.Option(help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
+    ] = None,
+) -> None:
+    """Job mode: purge the app's CDN once for its rollout, then call its webhooks.
+
+    Reads the ledger first: a rollout purged before sends nothing (Argo CD runs PostSync hooks
+    after every sync, Helm on every upgrade) and exits 0 saying so. Flags stand for the
+    per-app annotations of the same name. Exit status: 0 purged or already purged, 1 API or
+    network error, 2 bad flag or setting, 3 rolled back, 4 superseded, 6 timeout, 7 purge
+    failed (the CDN refused it), 8 already purged with --strict.
+    """
+    from sidecar.aggregator.job import main as purge_main
+
+    raise typer.Exit(
+        purge_main(
+            deployment=deployment,
+            namespace=namespace,
+            image=image,
+            overrides={
+                "provider": provider,
+                "domains": domains,
+                "paths": paths,
+                "zone": zone,
+                "distribution_id": distribution_id,
+                "container": container,
+                "webhooks": webhooks,
+                "cloudflare_purge": cloudflare_purge,
+                "cloudflare_tags": cloudflare_tags,
+            },
+            timeout=timeout,
+            strict=strict,
+            dry_run=dry_run,
+            kubeconfig=kubeconfig,
+            env=os.environ,
+            out=sys.stdout,
+            err=sys.stderr,
+            stop=_stop_on_signals(),
+        )
+    )
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     add_help_option=False,

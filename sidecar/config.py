@@ -22,12 +22,15 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from sidecar.core.grammar import (
     ANNOTATION_PREFIX,
     DURATION_HINT,
     LABEL_VALUE_HINT,
     MASK,
+    RATE_HINT,
+    RateLimit,
     RedisEndpoint,
     format_duration,
     is_dns_label,
@@ -38,6 +41,7 @@ from sidecar.core.grammar import (
     parse_host,
     parse_label_selector,
     parse_port,
+    parse_rate,
     parse_redis_endpoint,
     parse_redis_url,
     parse_zone_id,
@@ -120,13 +124,71 @@ def _log_level(text: str) -> str:
     return LOG_LEVELS[text.lower()]
 
 
-def _authorization(text: str) -> str:
-    # The Flux Job pattern sent TOKEN as the raw header value: it may carry the scheme.
+# Cloudflare's scannable credential prefixes: a Global API Key is `cfk_`, API tokens are `cfut_`
+# (user) and `cfat_` (account) (developers.cloudflare.com/fundamentals/api/get-started/
+# token-formats). Bearer authentication takes API tokens only.
+GLOBAL_API_KEY_PREFIX = "cfk_"
+CLOUDFLARE_PERMISSIONS = "Zone > Cache Purge > Purge, and Zone > Zone > Read"
+GLOBAL_API_KEY_HINT = (
+    f'is a Global API Key ("{GLOBAL_API_KEY_PREFIX}..."), which Cloudflare refuses as a Bearer '
+    f"token; create an API token with {CLOUDFLARE_PERMISSIONS} (unless every app names its zone)"
+)
+
+
+def _api_token(text: str) -> str:
+    """A Cloudflare API token, without the `Bearer ` scheme the Flux Job pattern's TOKEN may
+    carry. The value is never echoed: it is a credential."""
     token = text[7:].strip() if text[:7].lower() == "bearer " else text
     if not token or token.lower() == "bearer" or any(c.isspace() for c in token):
-        # The value is never echoed: it is a credential.
         raise ValueError('expected an API token, optionally prefixed by "Bearer "')
-    return f"Bearer {token}"
+    if token.startswith(GLOBAL_API_KEY_PREFIX):
+        raise ValueError(f"the value {GLOBAL_API_KEY_HINT}")
+    return token
+
+
+def _authorization(text: str) -> str:
+    return f"Bearer {_api_token(text)}"
+
+
+def read_token_file(path: str) -> str:
+    """The API token kept in `path` (a mounted Secret; read at every use, so a rotated Secret
+    is picked up). Raises ValueError without the file's content."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read().strip()
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or type(err).__name__}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not text") from None
+    try:
+        return _api_token(text)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+
+
+def _token_file(text: str) -> str:
+    read_token_file(text)
+    return text
+
+
+def _api_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query:
+        raise ValueError(f'expected an http(s):// URL without a query; got "{mask_url(text)}"')
+    return text.rstrip("/")
+
+
+def _rate(text: str) -> Any:
+    try:
+        return parse_rate(text)
+    except ValueError:
+        raise ValueError(f'expected {RATE_HINT}; got "{text}"') from None
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() not in ("true", "false"):
+        raise ValueError(f'expected true or false; got "{text}"')
+    return text.lower() == "true"
 
 
 def _redis_url(text: str) -> RedisEndpoint:
@@ -254,6 +316,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ZONE_ID", "", f"Cloudflare zone id, 32 hex characters ({_F})", _zone_id),
     Setting("TOKEN", "", f"Cloudflare API token, with or without `Bearer ` ({_F}; secret)",
             _authorization, attr="authorization_header"),
+    Setting("CLOUDFLARE_API_TOKEN", "", "Cloudflare API token (secret); wins over `TOKEN` and "
+            "the file. Needs Zone > Cache Purge > Purge, and Zone > Zone > Read to find zones",
+            _api_token),
+    Setting("CLOUDFLARE_API_TOKEN_FILE", "", "file holding the Cloudflare API token (a mounted "
+            "Secret, read at every purge), when neither `CLOUDFLARE_API_TOKEN` nor `TOKEN` is set",
+            _token_file),
+    Setting("CLOUDFLARE_API_URL", "https://api.cloudflare.com/client/v4", "Cloudflare API base "
+            "URL", _api_url),
+    Setting("CLOUDFLARE_FILES_PER_REQUEST", "30", "URLs per Cloudflare purge-by-URL request (30 "
+            "on Free, Pro and Business zones, up to 500 on Enterprise)", _integer(1, 500)),
+    # Purge requests are rate limited per account with a token bucket: Free 5 per minute
+    # (bucket 25), Pro 5/s (25), Business 10/s (50), Enterprise 50/s (500)
+    # (developers.cloudflare.com/cache/how-to/purge-cache/, "Purge limits"). The default is
+    # the Free plan's, which every account allows.
+    Setting("CLOUDFLARE_RATE_LIMIT", "5/m", "Cloudflare purge requests per account: `N/s`, "
+            "`N/m` or `N/h` (bucket 5 x N); your plan's limit, e.g. `10/s` on Business", _rate),
+    Setting("CLOUDFLARE_PURGE_EVERYTHING", "false", "allow `cache-buster.io/cloudflare-purge: "
+            "everything` (purges a whole zone)", _boolean),
     Setting("CLUSTER_GROUP", "default", "name of the cluster group", _label_value),
     Setting("CLUSTER_NAME", "", "this cluster's name; generated and persisted when unset",
             _label_value, shown="generated"),
@@ -322,6 +402,15 @@ class Settings:
     zone_id: str | None = _default("ZONE_ID")
     # The normalized `Authorization` header value ("Bearer <token>"); never in repr or logs.
     authorization_header: str | None = field(default=_default("TOKEN"), repr=False)
+    # Never in repr or logs; `cloudflare_token()` applies the precedence.
+    cloudflare_api_token: str | None = field(default=_default("CLOUDFLARE_API_TOKEN"), repr=False)
+    cloudflare_api_token_file: str | None = _default("CLOUDFLARE_API_TOKEN_FILE")
+    cloudflare_api_url: str = _default("CLOUDFLARE_API_URL")
+    cloudflare_files_per_request: int = _default("CLOUDFLARE_FILES_PER_REQUEST")
+    cloudflare_rate_limit: RateLimit = field(
+        default_factory=lambda: _default("CLOUDFLARE_RATE_LIMIT")
+    )
+    cloudflare_purge_everything: bool = _default("CLOUDFLARE_PURGE_EVERYTHING")
     cluster_group: str = _default("CLUSTER_GROUP")
     cluster_name: str | None = _default("CLUSTER_NAME")
     cluster_configmap: str = _default("CLUSTER_CONFIGMAP")
@@ -366,12 +455,31 @@ class Settings:
     ) -> Settings:
         return _from_env(env, namespace_file, hostname)
 
+    @property
+    def has_cloudflare_token(self) -> bool:
+        return bool(
+            self.cloudflare_api_token or self.authorization_header or self.cloudflare_api_token_file
+        )
+
+    def cloudflare_token(self) -> str | None:
+        """The Cloudflare API token: `CLOUDFLARE_API_TOKEN`, else the Flux Job pattern's
+        `TOKEN`, else the file's content (read now: a rotated Secret is picked up). Raises
+        ValueError (never holding the token) when the file cannot be read."""
+        if self.cloudflare_api_token:
+            return self.cloudflare_api_token
+        if self.authorization_header:
+            return self.authorization_header.removeprefix("Bearer ")
+        if self.cloudflare_api_token_file:
+            return read_token_file(self.cloudflare_api_token_file)
+        return None
+
     def describe(self) -> dict[str, str]:
         """Every effective setting as text, secrets masked: for the startup log line. The
         local Redis is one entry, `REDIS`; the webhooks add their names and scope."""
         shown = {
             "REMOTE_REDIS_HOSTS": ",".join(p.display_url for p in self.remote_redis),
             "TOKEN": MASK if self.authorization_header else "",
+            "CLOUDFLARE_API_TOKEN": MASK if self.cloudflare_api_token else "",
             "CLUSTER_NAME": self.cluster_name or "(generated)",
             "WATCH_SELECTOR": self.effective_selector,
         }
@@ -390,6 +498,8 @@ class Settings:
 def _show(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         return format_duration(value)
     return str(value)

@@ -392,3 +392,114 @@ def test_settings_reference_matches_what_from_env_reads(tmp_path: pathlib.Path) 
     assert len(names) == len(set(names))
     assert read == set(names)
     assert not any(name.startswith("AWS_") for name in read)
+
+
+# -- Cloudflare ------------------------------------------------------------------------------
+
+
+def test_cloudflare_defaults() -> None:
+    s = load({})
+    assert s.cloudflare_api_token is None and s.cloudflare_api_token_file is None
+    assert s.cloudflare_api_url == "https://api.cloudflare.com/client/v4"
+    assert s.cloudflare_files_per_request == 30
+    # The Free plan's documented purge limit: 5 requests per minute, a bucket of 25.
+    assert str(s.cloudflare_rate_limit) == "5/m"
+    assert s.cloudflare_rate_limit.per_second == pytest.approx(5 / 60)
+    assert s.cloudflare_rate_limit.burst == 25
+    assert s.cloudflare_purge_everything is False
+    assert not s.has_cloudflare_token and s.cloudflare_token() is None
+    d = s.describe()
+    assert (d["CLOUDFLARE_RATE_LIMIT"], d["CLOUDFLARE_PURGE_EVERYTHING"]) == ("5/m", "false")
+    assert d["CLOUDFLARE_API_TOKEN"] == ""
+
+
+def test_cloudflare_settings_parse() -> None:
+    s = load(
+        {
+            "CLOUDFLARE_API_URL": "http://127.0.0.1:8080/client/v4/",
+            "CLOUDFLARE_FILES_PER_REQUEST": "500",
+            "CLOUDFLARE_RATE_LIMIT": "10/s",
+            "CLOUDFLARE_PURGE_EVERYTHING": "TRUE",
+        }
+    )
+    assert s.cloudflare_api_url == "http://127.0.0.1:8080/client/v4"
+    assert s.cloudflare_files_per_request == 500
+    assert (s.cloudflare_rate_limit.per_second, s.cloudflare_rate_limit.burst) == (10.0, 50)
+    assert s.cloudflare_purge_everything is True
+    assert load({"CLOUDFLARE_RATE_LIMIT": "1000 / h"}).cloudflare_rate_limit.per_second == (
+        pytest.approx(1000 / 3600)
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("CLOUDFLARE_FILES_PER_REQUEST", "0", "from 1 to 500"),
+        ("CLOUDFLARE_FILES_PER_REQUEST", "501", "from 1 to 500"),
+        ("CLOUDFLARE_RATE_LIMIT", "5", "a rate like 5/m"),
+        ("CLOUDFLARE_RATE_LIMIT", "0/s", "a rate like"),
+        ("CLOUDFLARE_RATE_LIMIT", "5/d", "a rate like"),
+        ("CLOUDFLARE_PURGE_EVERYTHING", "yes", "true or false"),
+        ("CLOUDFLARE_API_URL", "api.cloudflare.com", "http(s)://"),
+        ("CLOUDFLARE_API_URL", "https://u:pw@h/?x=1", "http(s)://"),
+        ("CLOUDFLARE_API_TOKEN", "two words", "an API token"),
+        ("CLOUDFLARE_API_TOKEN_FILE", "/nonexistent/token", "cannot read /nonexistent/token"),
+    ],
+)
+def test_bad_cloudflare_values(name: str, value: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load({name: value})
+    assert info.value.setting == name
+    assert fragment in str(info.value)
+    assert "pw" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["CLOUDFLARE_API_TOKEN", "TOKEN"])
+def test_a_global_api_key_is_refused_at_start_without_echoing_it(name: str) -> None:
+    key = "cfk_" + "S3cr3t" * 7
+    with pytest.raises(ConfigError) as info:
+        load({name: f"Bearer {key}"})
+    assert info.value.setting == name
+    assert "Global API Key" in str(info.value)
+    assert "Zone > Cache Purge > Purge" in str(info.value)
+    assert key not in str(info.value) and "S3cr3t" not in str(info.value)
+
+
+def test_cloudflare_token_precedence_and_masking(tmp_path: pathlib.Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("cfut_fromfile\n")
+    both = {
+        "CLOUDFLARE_API_TOKEN": "Bearer cfut_explicit",
+        "TOKEN": "cfut_flux",
+        "CLOUDFLARE_API_TOKEN_FILE": str(token_file),
+    }
+    s = load(both)
+    assert s.cloudflare_token() == "cfut_explicit"
+    assert load(
+        {k: v for k, v in both.items() if k != "CLOUDFLARE_API_TOKEN"}
+    ).cloudflare_token() == ("cfut_flux")
+    from_file = load({"CLOUDFLARE_API_TOKEN_FILE": str(token_file)})
+    assert from_file.has_cloudflare_token
+    assert from_file.cloudflare_token() == "cfut_fromfile"
+    token_file.write_text("cfut_rotated")  # read at every use
+    assert from_file.cloudflare_token() == "cfut_rotated"
+    token_file.write_text("cfk_" + "x" * 40)
+    with pytest.raises(ValueError, match="Global API Key") as info:
+        from_file.cloudflare_token()
+    assert "xxxx" not in str(info.value)
+    d = s.describe()
+    assert d["CLOUDFLARE_API_TOKEN"] == "***" and d["TOKEN"] == "***"
+    assert d["CLOUDFLARE_API_TOKEN_FILE"] == str(token_file)
+    for text in (repr(s), str(s), json.dumps(d)):
+        assert "cfut_explicit" not in text and "cfut_flux" not in text
+
+
+def test_a_token_file_holding_a_global_api_key_is_refused_at_start(
+    tmp_path: pathlib.Path,
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("cfk_" + "q" * 40)
+    with pytest.raises(ConfigError) as info:
+        load({"CLOUDFLARE_API_TOKEN_FILE": str(token_file)})
+    assert info.value.setting == "CLOUDFLARE_API_TOKEN_FILE"
+    assert "Global API Key" in str(info.value) and "qqqq" not in str(info.value)

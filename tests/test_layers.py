@@ -5,6 +5,8 @@ import counts, top-level or inside a function, so a lazy import cannot hide a la
 - `sidecar.reporter` (and `sidecar.logs`, which it uses) only the standard library,
   `sidecar.core` and `sidecar.logs`;
 - the emulators nothing of `sidecar` outside `sidecar.sim`;
+- `initwait` (`cache-buster wait`) only the standard library, the kubernetes client,
+  `sidecar.core`, `sidecar.logs`, `sidecar.config` and `sidecar.kube`;
 - nothing outside `sidecar.sim` imports `sidecar.sim`, except the CLI (`demo`, `sim` commands).
 """
 
@@ -42,7 +44,8 @@ def _module_name(path: Path) -> str:
 
 
 def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "initwait").rglob("*.py")]
+    return {_module_name(p): p for p in sorted(files)}
 
 
 def _imports(name: str, path: Path) -> Iterator[tuple[int, str]]:
@@ -94,6 +97,16 @@ RULES: dict[str, tuple[Callable[[str], bool], Callable[[str], bool]]] = {
     "emulators": (
         lambda name: _within(name, "sidecar.sim") and name not in SIM_HARNESS,
         lambda target: not _within(target, "sidecar") or _within(target, "sidecar.sim"),
+    ),
+    # `cache-buster wait` (the Job's init container): the Kubernetes edge, never the
+    # aggregator or the emulators.
+    "initwait": (
+        lambda name: _within(name, "initwait"),
+        lambda target: (
+            _stdlib(target)
+            or _within(target, "initwait", "kubernetes")
+            or _within(target, "sidecar.core", "sidecar.logs", "sidecar.config", "sidecar.kube")
+        ),
     ),
     "sim-users": (
         lambda name: not _within(name, "sidecar.sim", "sidecar.cli"),

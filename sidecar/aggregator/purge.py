@@ -55,7 +55,16 @@ from sidecar.core.records import (
 from sidecar.kube.ledger import Ledger
 from sidecar.kube.reflector import read_json
 from sidecar.logs import get_logger
-from sidecar.providers.base import NO_DOMAINS, Provider, PurgeError, PurgeRequest, PurgeResult
+from sidecar.providers.base import (
+    NO_DOMAINS,
+    PlannedCall,
+    Provider,
+    PurgeError,
+    PurgeRequest,
+    PurgeResult,
+)
+from sidecar.providers.cloudflare import NAME as CLOUDFLARE
+from sidecar.providers.cloudflare import UNAVAILABLE_HINT as CLOUDFLARE_HINT
 
 log = get_logger("aggregator")
 
@@ -243,6 +252,21 @@ class PurgeRunner:
             return
         self.flights.run(name, f"claim-{name}", lambda: self._claim_then(name, dep, cfg, claim))
 
+    def run_now(self, name: str, dep: Obj, cfg: AppConfig, intent: Intent) -> None:
+        """Job mode (`cache-buster purge`): purge `intent` (PURGING in the ledger) in the
+        caller's thread, settle it and deliver its webhooks, exactly as a purge thread
+        does. A retryable failure leaves the intent PURGING; `retry_in` says when to try
+        again."""
+        halt = _WhileLeading(self._stop, self._leading_for, self._margin)
+        self._purge_once(name, dep, cfg, intent, halt, None)
+
+    def retry_in(self, name: str) -> float | None:
+        """Seconds until the backoff allows the next attempt (None: no retry is scheduled)."""
+        retries = self._retries.get(name)
+        if retries is None or retries.retry_at == 0.0:
+            return None
+        return max(0.0, retries.retry_at - self._clock())
+
     def _busy_or_backing_off(self, name: str) -> bool:
         """A worker runs for this Deployment, or its purge backs off (then re-evaluations
         wait for the retry too)."""
@@ -285,12 +309,21 @@ class PurgeRunner:
     def _provider(self, name: str) -> Provider:
         provider = self._providers.get(name)
         if provider is None:
+            hint = f": {CLOUDFLARE_HINT}" if name == CLOUDFLARE else ""
             raise PurgeError(
                 "ProviderUnavailable",
-                f"provider {name!r} is not configured in this aggregator",
+                f"provider {name!r} is not configured in this aggregator{hint}",
                 retryable=False,
             )
         return provider
+
+    def preview(self, dep: Obj, cfg: AppConfig, intent: Intent) -> tuple[PlannedCall, ...]:
+        """`--dry-run`: the CDN calls purging `intent` would make. The targets are looked up
+        as `plan()` does (reads only); nothing is written anywhere."""
+        provider, request = self._request(dep, cfg, intent)
+        if not request.targets:
+            request = replace(request, targets=provider.plan(request))
+        return provider.preview(request)
 
     def _request(
         self, dep: Obj | None, cfg: AppConfig, intent: Intent
@@ -315,6 +348,8 @@ class PurgeRunner:
                 targets=plan.targets,
                 known_requests=tuple(sorted(plan.requests.items())),
                 not_before=intent.started_at,
+                purge_mode=cfg.cloudflare_purge,
+                tags=cfg.cloudflare_tags,
             )
         provider = self._provider(cfg.provider)
         domains = self._domains(dep, cfg) if dep is not None else list(cfg.domains)
@@ -330,6 +365,8 @@ class PurgeRunner:
             distribution_id=cfg.distribution_id,
             zone=cfg.zone,
             not_before=intent.started_at,
+            purge_mode=cfg.cloudflare_purge,
+            tags=cfg.cloudflare_tags,
         )
 
     def _record_plan(

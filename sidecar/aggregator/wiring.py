@@ -101,14 +101,30 @@ def redis_client(endpoint: RedisEndpoint, timeout: float = 5.0, **options: Any) 
 
 
 def providers(settings: Settings) -> dict[str, Provider]:
+    """The configured providers. Cloudflare only with an API token: without one it is absent
+    (an app asking for it fails ProviderUnavailable), and the startup log says what to set."""
+    from sidecar.providers.cloudflare import UNAVAILABLE_HINT, CloudflareProvider
     from sidecar.providers.cloudfront import CloudFrontProvider
 
-    return {
+    built: dict[str, Provider] = {
         "cloudfront": CloudFrontProvider(
             distribution_cache_ttl=settings.distribution_cache_ttl,
             poll_interval=settings.invalidation_poll_interval,
         )
     }
+    if settings.has_cloudflare_token:
+        rate = settings.cloudflare_rate_limit
+        built["cloudflare"] = CloudflareProvider(
+            settings.cloudflare_token,
+            api_url=settings.cloudflare_api_url,
+            files_per_request=settings.cloudflare_files_per_request,
+            rate=rate.per_second,
+            burst=rate.burst,
+            purge_everything=settings.cloudflare_purge_everything,
+        )
+    else:
+        log.info("provider.unavailable", provider="cloudflare", hint=UNAVAILABLE_HINT)
+    return built
 
 
 def options(settings: Settings, cluster: str, instance: str) -> AggregatorOptions:

@@ -21,6 +21,7 @@ from sidecar.core.grammar import (
     LABEL_VALUE_HINT,
     Probe,
     is_label_value,
+    parse_cache_tag,
     parse_domain,
     parse_duration,
     parse_probe,
@@ -51,6 +52,8 @@ WEBHOOKS = PREFIX + "webhooks"
 PURGE_ON_ROLLBACK = PREFIX + "purge-on-rollback"
 WAIT_FOR_OLD_PODS = PREFIX + "wait-for-old-pods"
 OLD_PODS_TIMEOUT = PREFIX + "old-pods-timeout"
+CLOUDFLARE_PURGE = PREFIX + "cloudflare-purge"
+CLOUDFLARE_TAGS = PREFIX + "cloudflare-tags"
 # On the pod template (the reporter reads them through the Downward API).
 PROBE = PREFIX + "probe"
 VERSION_URL = PREFIX + "version-url"
@@ -67,6 +70,8 @@ DEPLOYMENT_ANNOTATIONS = (
     PURGE_ON_ROLLBACK,
     WAIT_FOR_OLD_PODS,
     OLD_PODS_TIMEOUT,
+    CLOUDFLARE_PURGE,
+    CLOUDFLARE_TAGS,
 )
 POD_TEMPLATE_ANNOTATIONS = (PROBE, VERSION_URL)
 
@@ -77,6 +82,9 @@ DEFAULT_PATHS = ("/*",)
 # CloudFront accepts at most 3000 paths per invalidation.
 MAX_PATHS = 3000
 NO_WEBHOOKS = "none"
+# `cloudflare-purge`: what a Cloudflare purge names (unset: files for exact paths, prefixes for
+# `/dir/*`, hosts for `/*`).
+CLOUDFLARE_PURGE_MODES = ("files", "prefixes", "hosts", "tags", "everything")
 # `wait-for-old-pods`: how long past kubectl's verdict we wait for old pods to go.
 DEFAULT_OLD_PODS_TIMEOUT = 300.0
 
@@ -123,6 +131,10 @@ class AppConfig:
     provider: str = DEFAULT_PROVIDER
     distribution_id: str | None = None
     zone: str | None = None
+    # Cloudflare only: one of CLOUDFLARE_PURGE_MODES (None: what each path needs), and the
+    # cache tags `tags` purges.
+    cloudflare_purge: str | None = None
+    cloudflare_tags: tuple[str, ...] = ()
     # Extra hook names from the webhooks config, or ("none",) to turn every hook off.
     webhooks: tuple[str, ...] = ()
     purge_on_rollback: bool = False
@@ -210,6 +222,49 @@ def _bool(annotation: str, value: str) -> bool:
     raise AnnotationError(annotation, f'expected "true" or "false"; got {json.dumps(value)}')
 
 
+def _cloudflare(ann: Mapping[str, str], provider: str) -> tuple[str | None, tuple[str, ...]]:
+    """`cloudflare-purge` and `cloudflare-tags`: tags alone mean `tags`; `tags` needs tags."""
+    for key in (CLOUDFLARE_PURGE, CLOUDFLARE_TAGS):
+        if key in ann and provider != "cloudflare":
+            raise AnnotationError(
+                key,
+                f'applies only to provider "cloudflare" (this app\'s is "{provider}"; set '
+                f"{PROVIDER}: cloudflare)",
+            )
+    mode = None
+    if CLOUDFLARE_PURGE in ann:
+        mode = ann[CLOUDFLARE_PURGE].strip().lower()
+        if mode not in CLOUDFLARE_PURGE_MODES:
+            raise AnnotationError(
+                CLOUDFLARE_PURGE,
+                f"{json.dumps(ann[CLOUDFLARE_PURGE])} is not one of "
+                f"{', '.join(CLOUDFLARE_PURGE_MODES)}",
+            )
+    tags: tuple[str, ...] = ()
+    if CLOUDFLARE_TAGS in ann:
+        try:
+            tags = tuple(
+                dict.fromkeys(
+                    parse_cache_tag(t) for t in _list(CLOUDFLARE_TAGS, ann[CLOUDFLARE_TAGS])
+                )
+            )
+        except AnnotationError:
+            raise
+        except ValueError as e:
+            raise AnnotationError(CLOUDFLARE_TAGS, str(e)) from None
+        if mode is None:
+            mode = "tags"
+        elif mode != "tags":
+            raise AnnotationError(
+                CLOUDFLARE_TAGS, f'applies only with {CLOUDFLARE_PURGE}: tags (it is "{mode}")'
+            )
+    if mode == "tags" and not tags:
+        raise AnnotationError(
+            CLOUDFLARE_PURGE, f'"tags" needs the tags to purge in {CLOUDFLARE_TAGS}'
+        )
+    return mode, tags
+
+
 def app_config(deployment: Mapping[str, Any]) -> AppConfig:
     """Validate a Deployment's annotations. Raises AnnotationError for the first bad one."""
     ref = _deployment_ref(deployment)
@@ -274,6 +329,8 @@ def _app_config(deployment: Mapping[str, Any]) -> AppConfig:
             zone = parse_zone_id(ann[ZONE])
         except ValueError as e:
             raise AnnotationError(ZONE, f"{json.dumps(ann[ZONE])} {e}") from None
+
+    cloudflare_purge, cloudflare_tags = _cloudflare(ann, provider)
 
     container_name = ann[CONTAINER].strip() if CONTAINER in ann else None
     if container_name == "":
@@ -347,6 +404,8 @@ def _app_config(deployment: Mapping[str, Any]) -> AppConfig:
         provider=provider,
         distribution_id=distribution_id,
         zone=zone,
+        cloudflare_purge=cloudflare_purge,
+        cloudflare_tags=cloudflare_tags,
         webhooks=webhooks,
         purge_on_rollback=purge_on_rollback,
         wait_for_old_pods=wait_for_old_pods,

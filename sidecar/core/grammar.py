@@ -335,6 +335,57 @@ def parse_zone_id(text: str) -> str:
     return zone
 
 
+# Cloudflare's Cache-Tag values: printable ASCII, no space, no comma (the header's separator),
+# at most 1,024 characters each.
+CACHE_TAG_MAX = 1024
+
+
+def parse_cache_tag(text: str) -> str:
+    """One Cloudflare cache tag, stripped. Raises ValueError."""
+    tag = text.strip()
+    if not tag:
+        raise ValueError("an empty cache tag")
+    if len(tag) > CACHE_TAG_MAX:
+        raise ValueError(f"a cache tag longer than {CACHE_TAG_MAX} characters")
+    if any(not 33 <= ord(c) <= 126 or c == "," for c in tag):
+        raise ValueError(
+            f"{json.dumps(tag)} is not a cache tag (printable ASCII, no space or comma)"
+        )
+    return tag
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """`N/s`, `N/m` or `N/h`: N requests per second, minute or hour, with a bucket of 5 x N
+    (the ratio of the burst to the rate in Cloudflare's documented purge buckets)."""
+
+    count: int
+    per: str  # "s", "m" or "h"
+
+    @property
+    def per_second(self) -> float:
+        return self.count / _RATE_UNITS[self.per]
+
+    @property
+    def burst(self) -> int:
+        return 5 * self.count
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.per}"
+
+
+_RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+RATE_HINT = "a rate like 5/m, 10/s or 1000/h"
+
+
+def parse_rate(text: str) -> RateLimit:
+    """A request rate (RateLimit). Raises ValueError."""
+    match = re.fullmatch(r"(\d+)\s*/\s*([smh])", text.strip().lower())
+    if not match or int(match.group(1)) < 1:
+        raise ValueError(f"{json.dumps(text)} is not {RATE_HINT}")
+    return RateLimit(int(match.group(1)), match.group(2))
+
+
 # ---------------------------------------------------------------------------------------------
 # Kubernetes names, label keys and values, label selectors (checked here so the API server
 # never sees a bad one)

@@ -13,11 +13,12 @@ id as soon as the CDN gives it, and the replay passes them back (`targets`, `kno
 
 from __future__ import annotations
 
+import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 # on_requested(target, request id): called once per target as soon as the CDN named the request.
 OnRequested = Callable[[str, str], None]
@@ -35,6 +36,10 @@ class PurgeRequest:
     # Explicit target overrides (annotations `distribution-id`, `zone`); None means look it up.
     distribution_id: str | None = None
     zone: str | None = None
+    # Cloudflare (annotations `cloudflare-purge`, `cloudflare-tags`): files, prefixes, hosts,
+    # tags or everything (None: what each path needs), and the cache tags of `tags`.
+    purge_mode: str | None = None
+    tags: tuple[str, ...] = ()
     # What a replay recorded of the earlier attempt (all empty on a first attempt).
     # The targets (`plan()`'s CloudFront distribution ids): when non-empty the provider purges
     # exactly these without resolving domains, so a changed alias or annotation cannot move
@@ -80,6 +85,24 @@ class PurgeResult:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class PlannedCall:
+    """One mutating CDN call a purge would make, for `cache-buster purge --dry-run`: what it
+    would send, secrets masked. `body` is the request's JSON (CloudFront: the boto3 call's
+    parameters, which botocore turns into its XML)."""
+
+    method: str  # "POST", or the API operation ("CreateInvalidation")
+    url: str
+    body: Mapping[str, Any]
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def render(self) -> str:
+        lines = [f"{self.method} {self.url}"]
+        lines += [f"  {name}: {value}" for name, value in self.headers]
+        lines.append("  " + json.dumps(self.body, sort_keys=True))
+        return "\n".join(lines)
+
+
 # The code of the one PurgeError that is not a failure: the app has no domain, so nothing to
 # purge (the aggregator settles it SKIPPED).
 NO_DOMAINS = "NoDomains"
@@ -118,6 +141,11 @@ class Provider(Protocol):
         """Request the purge and wait (at most `timeout` seconds, or until `stop` is set) for
         the CDN to confirm it. `on_requested(target, request id)` is called as soon as each
         request exists, before the wait. Raises PurgeError when the purge was not requested."""
+        ...
+
+    def preview(self, request: PurgeRequest) -> tuple[PlannedCall, ...]:
+        """The mutating calls `purge(request)` would make for `request.targets` (a plan's),
+        in order, without making any call at all."""
         ...
 
     def find(

@@ -60,6 +60,7 @@ from sidecar.logs import EventLogger, get_logger
 from sidecar.providers.base import (
     NO_DOMAINS,
     OnRequested,
+    PlannedCall,
     PurgeError,
     PurgeRequest,
     PurgeResult,
@@ -289,6 +290,27 @@ class CloudFrontProvider:
             _report(on_requested, req, plog)
 
         return self._finish(request, requested, unmatched, requested_at, deadline, stop, plog)
+
+    def preview(self, request: PurgeRequest) -> tuple[PlannedCall, ...]:
+        """One CreateInvalidation per planned distribution, as `purge` sends it (boto3 signs
+        the request: no credential is part of it)."""
+        several = len(request.targets) > 1
+        return tuple(
+            PlannedCall(
+                "CreateInvalidation",
+                f"https://cloudfront.amazonaws.com/2020-05-31/distribution/{dist_id}/invalidation",
+                {
+                    "DistributionId": dist_id,
+                    "InvalidationBatch": {
+                        "CallerReference": caller_reference(
+                            request.idempotency_key, dist_id, several=several
+                        ),
+                        "Paths": {"Quantity": len(request.paths), "Items": list(request.paths)},
+                    },
+                },
+            )
+            for dist_id in request.targets
+        )
 
     def find(
         self, request: PurgeRequest, *, timeout: float, stop: threading.Event | None = None

@@ -19,10 +19,13 @@ from sidecar.aggregator.peers import peer_client_options
 from sidecar.core.grammar import RedisEndpoint as RedisAddress
 from sidecar.core.grammar import parse_redis_url
 from sidecar.logs import get_logger
+from sidecar.providers.base import Provider
+from sidecar.providers.cloudflare import CloudflareProvider
 from sidecar.providers.cloudfront import CloudFrontProvider
 from sidecar.reporter.config import ReporterConfig
 from sidecar.reporter.loop import PROBE_RETRY_INTERVAL, Observation, Reporter
 from sidecar.reporter.resp import RespClient
+from sidecar.sim.cloudflare import TEST_TOKEN, CloudflareEmulator
 from sidecar.sim.cloudfront import CloudFrontEmulator
 from sidecar.sim.kube import KubeEmulator, deployment_manifest
 from sidecar.sim.kube.kubelet import app_exited
@@ -227,6 +230,15 @@ class World:
         self.aggregators: list[Aggregator] = []
         self._fake_reporters: dict[str, Reporter] = {}
         self._fake_client: RespClient | None = None
+        self._cloudflare: CloudflareEmulator | None = None
+
+    @property
+    def cloudflare(self) -> CloudflareEmulator:
+        """The Cloudflare API emulator, started on first use (most scenarios purge
+        CloudFront only)."""
+        if self._cloudflare is None:
+            self._cloudflare = CloudflareEmulator().start()
+        return self._cloudflare
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> World:
@@ -248,6 +260,8 @@ class World:
         if not self._shared:
             self.receiver.stop()
             self.cloudfront.stop()
+        if self._cloudflare is not None:
+            self._cloudflare.stop()
         self.kube.stop()
 
     def __enter__(self) -> World:
@@ -362,6 +376,18 @@ class World:
             **kw,
         )
 
+    def cloudflare_provider(self, **kw: Any) -> CloudflareProvider:
+        """The real Cloudflare provider against this world's emulator, fast backoff."""
+        return CloudflareProvider(
+            kw.pop("token", TEST_TOKEN),
+            api_url=self.cloudflare.url,
+            backoff_base=kw.pop("backoff_base", 0.05),
+            backoff_cap=kw.pop("backoff_cap", 0.5),
+            rate=kw.pop("rate", 1000.0),
+            burst=kw.pop("burst", 1000.0),
+            **kw,
+        )
+
     def aggregator(
         self,
         identity: str = "aggregator-0",
@@ -383,6 +409,7 @@ class World:
             "cluster": "sim-1",
         }
         peers: Sequence[str] = options.pop("peers", ())
+        more: Mapping[str, Provider] = options.pop("providers", {})
         # Its own CloudFront access key: the emulator then names the sender of each request.
         key = options.pop("access_key", None)
         selector = "cache-buster.io/enabled=true" if mode == "sidecar" else None
@@ -408,7 +435,7 @@ class World:
         agg = Aggregator(
             opts,
             self.kube.api_client(),
-            providers={"cloudfront": self.provider(access_key=key)},
+            providers={"cloudfront": self.provider(access_key=key), **more},
             webhooks=WebhookSender(parse_webhooks(webhooks, source="sim"), sleep=time.sleep)
             if webhooks
             else None,

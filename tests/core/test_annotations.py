@@ -239,3 +239,69 @@ def test_tolerates_missing_metadata_fields() -> None:
     del d["metadata"]["namespace"]
     cfg = app_config(d)
     assert (cfg.namespace, cfg.app) == ("default", "web")
+
+
+CLOUDFLARE = {"cache-buster.io/provider": "cloudflare"}
+
+
+@pytest.mark.parametrize("mode", ["files", "prefixes", "hosts", "everything", " Hosts "])
+def test_cloudflare_purge_modes(mode: str) -> None:
+    cfg = app_config(deployment({**CLOUDFLARE, "cache-buster.io/cloudflare-purge": mode}))
+    assert cfg.cloudflare_purge == mode.strip().lower()
+    assert cfg.cloudflare_tags == ()
+    assert cfg.unknown_annotations == ()
+
+
+def test_cloudflare_defaults_leave_the_mode_to_the_paths() -> None:
+    cfg = app_config(deployment(CLOUDFLARE))
+    assert (cfg.cloudflare_purge, cfg.cloudflare_tags) == (None, ())
+
+
+def test_cloudflare_tags() -> None:
+    cfg = app_config(
+        deployment(
+            {
+                **CLOUDFLARE,
+                "cache-buster.io/cloudflare-purge": "tags",
+                "cache-buster.io/cloudflare-tags": " release, Product:Shoes ,release,v2.1",
+            }
+        )
+    )
+    assert cfg.cloudflare_purge == "tags"
+    assert cfg.cloudflare_tags == ("release", "Product:Shoes", "v2.1")
+    # Tags alone mean a tags purge.
+    alone = app_config(deployment({**CLOUDFLARE, "cache-buster.io/cloudflare-tags": "a"}))
+    assert (alone.cloudflare_purge, alone.cloudflare_tags) == ("tags", ("a",))
+
+
+@pytest.mark.parametrize(
+    ("annotations", "annotation", "fragment"),
+    [
+        ({"cache-buster.io/cloudflare-purge": "urls"}, "cloudflare-purge", "not one of files, "),
+        ({"cache-buster.io/cloudflare-purge": "tags"}, "cloudflare-purge", "needs the tags"),
+        ({"cache-buster.io/cloudflare-tags": " , "}, "cloudflare-tags", "is empty"),
+        ({"cache-buster.io/cloudflare-tags": "a b"}, "cloudflare-tags", "no space or comma"),
+        ({"cache-buster.io/cloudflare-tags": "x" * 1025}, "cloudflare-tags", "longer than 1024"),
+        ({"cache-buster.io/cloudflare-tags": "é"}, "cloudflare-tags", "printable ASCII"),
+        (
+            {"cache-buster.io/cloudflare-purge": "files", "cache-buster.io/cloudflare-tags": "a"},
+            "cloudflare-tags",
+            'only with cache-buster.io/cloudflare-purge: tags (it is "files")',
+        ),
+    ],
+)
+def test_bad_cloudflare_annotations(
+    annotations: dict[str, str], annotation: str, fragment: str
+) -> None:
+    err = error_for({**CLOUDFLARE, **annotations})
+    assert err.annotation == f"cache-buster.io/{annotation}"
+    assert fragment in str(err)
+
+
+@pytest.mark.parametrize("annotation", ["cloudflare-purge", "cloudflare-tags"])
+def test_cloudflare_annotations_need_the_cloudflare_provider(annotation: str) -> None:
+    value = "tags" if annotation == "cloudflare-purge" else "a"
+    err = error_for({f"cache-buster.io/{annotation}": value})
+    assert err.annotation == f"cache-buster.io/{annotation}"
+    assert 'applies only to provider "cloudflare"' in str(err)
+    assert 'this app\'s is "cloudfront"' in str(err)
