@@ -330,3 +330,38 @@ def test_a_retryable_purge_error_backs_off_then_purges_once(world: World) -> Non
         assert stays(lambda: invalidations(world) == 1)
     finally:
         logging.getLogger("cache_buster.aggregator").removeHandler(handler)
+
+
+def test_an_app_on_cloudflare_purges_its_zone_once_per_rollout(world: World) -> None:
+    # `cache-buster.io/provider: cloudflare` picks the provider per app; its neighbour stays
+    # on CloudFront. Counted at the Cloudflare emulator.
+    zone = world.cloudflare.add_zone("example.org")
+    world.cloudfront.add_distribution(["www.example.com"])
+    world.aggregator(providers={"cloudflare": world.cloudflare_provider()})
+    world.deploy(
+        "blog",
+        "shop/blog:1",
+        domains="blog.example.org",
+        annotations={
+            "cache-buster.io/provider": "cloudflare",
+            "cache-buster.io/paths": "/,/feed/*",
+        },
+    )
+    world.ready_all("blog")
+    settle(world, "web", "shop/web:1")
+    assert world.wait_for(lambda: world.ledger().get("blog", {}).get("settled") is not None)
+
+    world.set_image("blog", "shop/blog:2")
+    world.ready("blog", 1)
+    assert stays(lambda: world.cloudflare.purges() == []), "purged before every pod was ready"
+    world.ready_all("blog")
+    assert world.wait_for(lambda: len(world.cloudflare.purges(zone)) == 2)
+    modes = sorted((p.mode, p.items) for p in world.cloudflare.purges(zone))
+    assert modes == [
+        ("files", ("https://blog.example.org/",)),
+        ("prefixes", ("blog.example.org/feed/",)),
+    ]
+    assert stays(lambda: len(world.cloudflare.purges(zone)) == 2, 1.0)
+    settled = world.ledger()["blog"]["settled"]
+    assert (settled["outcome"], settled["detail"]["provider"]) == ("purged", "cloudflare")
+    assert invalidations(world) == 0  # CloudFront saw nothing of it
