@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any
 
@@ -28,24 +27,12 @@ def kubernetes_client(kubeconfig: str | None = None) -> Any:
     """In-cluster config when running in a pod, else KUBECONFIG / ~/.kube/config.
 
     Raises ConfigError naming where the configuration came from when it cannot be loaded."""
-    from kubernetes import client, config
+    from sidecar.kube.client import KubeconfigError, load_api_client
 
-    in_cluster = kubeconfig is None and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
-    source = "--kubeconfig" if kubeconfig else "in-cluster config" if in_cluster else "KUBECONFIG"
     try:
-        if in_cluster:
-            config.load_incluster_config()
-            return client.ApiClient()
-        api_config = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, client_configuration=api_config)
-        return client.ApiClient(api_config)
-    except config.ConfigException as err:
-        raise ConfigError(source, _one_line(str(err))) from None
-    except OSError as err:
-        raise ConfigError(source, f"cannot read: {err.strerror or type(err).__name__}") from None
-    except Exception as err:
-        # A YAML error quotes the offending line, which may hold a token: name the kind only.
-        raise ConfigError(source, f"cannot load: {type(err).__name__}") from None
+        return load_api_client(kubeconfig)
+    except KubeconfigError as err:
+        raise ConfigError(err.source, err.message) from None
 
 
 def serve_metrics(metrics: Metrics, port: int) -> None:
