@@ -335,6 +335,14 @@ def wait(
     kubeconfig: Annotated[
         str | None, typer.Option(help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
     ] = None,
+    group: Annotated[
+        bool,
+        typer.Option(
+            "--group",
+            help="then publish this cluster's completion to the cluster group (CLUSTER_NAME, "
+            "REDIS_URL, REMOTE_REDIS_HOSTS) and wait until every member completed the rollout",
+        ),
+    ] = False,
 ) -> None:
     """Job mode: wait until the Deployment runs the image, then until its rollout completes.
 
@@ -343,20 +351,48 @@ def wait(
     Exit status: 0 rolled out, 1 API error (after retries) or SIGTERM/SIGINT, 2 bad flag,
     3 rolled back, 4 superseded, 5 stalled (ProgressDeadlineExceeded) at the timeout, 6 timed out.
     """
+    import math
+    import time
+
     from initwait.command import main as wait_main
 
+    started = time.monotonic()
+    code = wait_main(
+        deployment=deployment,
+        namespace=namespace,
+        container=container,
+        image=image,
+        match=match,
+        timeout=timeout,
+        kubeconfig=kubeconfig,
+        env=os.environ,
+        out=sys.stdout,
+        err=sys.stderr,
+    )
+    if code != 0 or not group or deployment is None:
+        raise typer.Exit(code)
+    from sidecar.aggregator.job import main as job_main
+    from sidecar.core.grammar import parse_duration
+
+    # The timeout bounds the whole wait: the group gets what the rollout left of it.
+    total = 0.0 if timeout.strip() in ("0", "0s") else parse_duration(timeout)
+    left = "0" if total == 0 else f"{max(1, math.ceil(total - (time.monotonic() - started)))}s"
     raise typer.Exit(
-        wait_main(
+        job_main(
             deployment=deployment,
             namespace=namespace,
-            container=container,
             image=image,
-            match=match,
-            timeout=timeout,
+            overrides={"container": container},
+            timeout=left,
+            strict=False,
+            dry_run=False,
             kubeconfig=kubeconfig,
             env=os.environ,
             out=sys.stdout,
             err=sys.stderr,
+            stop=_stop_on_signals(),
+            group=True,
+            prog="wait",
         )
     )
 
@@ -420,6 +456,14 @@ def purge(
         bool,
         typer.Option("--dry-run", help="print the requests it would send (secrets masked)"),
     ] = False,
+    group: Annotated[
+        bool,
+        typer.Option(
+            "--group",
+            help="purge once for the cluster group (CLUSTER_NAME, REDIS_URL, "
+            "REMOTE_REDIS_HOSTS): take the group's claim, or wait for its winner's outcome",
+        ),
+    ] = False,
     kubeconfig: Annotated[
         str | None, typer.Option(help="kubeconfig file (default: in-cluster, then KUBECONFIG)")
     ] = None,
@@ -458,6 +502,7 @@ def purge(
             out=sys.stdout,
             err=sys.stderr,
             stop=_stop_on_signals(),
+            group=group,
         )
     )
 

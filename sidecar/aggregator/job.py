@@ -18,19 +18,21 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
+from sidecar.aggregator.job_group import JOB_CLAIM_LEASE, GroupUsageError, JobGroup
 from sidecar.aggregator.metrics import Metrics
 from sidecar.aggregator.notifier import Notifier, owes_webhooks
-from sidecar.aggregator.purge import DomainSource, PurgeRunner
+from sidecar.aggregator.purge import DomainSource, GroupClaim, GroupRole, PurgeRunner
 from sidecar.config import Settings
 from sidecar.core import annotations as ann
 from sidecar.core.annotations import AnnotationError, AppConfig, app_config
 from sidecar.core.decision import JobDecision, JobVerdict, decide_for_job
 from sidecar.core.exits import JobExit
+from sidecar.core.group import Accord, ChainLink, ClaimKind, adopt, claim_holder
 from sidecar.core.images import same_image
-from sidecar.core.records import Intent, Outcome, Settled
+from sidecar.core.records import AppRecord, Intent, IntentState, Outcome, Settled
 from sidecar.core.rollout import container_image, previous_image, rollout_status
 from sidecar.kube.ledger import Ledger, LedgerError
 from sidecar.kube.reflector import read_json
@@ -72,6 +74,8 @@ class PurgeJob:
     timeout: float = 600.0  # 0: none
     strict: bool = False
     dry_run: bool = False
+    # Cluster groups: purge once for the group, through its claim (sidecar.aggregator.job_group).
+    group: bool = False
 
 
 @dataclass
@@ -240,6 +244,8 @@ class JobPurge:
                 "`cache-buster wait` waits for it (the Job's init container)",
             )
         from_image = previous_image(dep, self._replicasets(dep), cfg.container)
+        if self.job.group:
+            return self._run_group(ctx, deadline, from_image)
         for _ in range(5):
             decision = decide_for_job(
                 group=self.settings.cluster_group,
@@ -285,10 +291,12 @@ class JobPurge:
                 "to it"
             )
 
-    def _already(self, ctx: _Context, decision: JobDecision) -> JobExit:
+    def _already(self, ctx: _Context, decision: JobDecision, by: str | None = None) -> JobExit:
         settled = decision.settled
         assert settled is not None
         what = "already purged" if settled.outcome is Outcome.PURGED else "already skipped"
+        if by and by != self.cluster:
+            what += f" (by cluster {by})"
         log.info(
             "job.already_done",
             outcome=str(settled.outcome),
@@ -323,7 +331,7 @@ class JobPurge:
             stop=self.stop,
         )
 
-    def _runner(self, ctx: _Context, timeout: float) -> PurgeRunner:
+    def _runner(self, ctx: _Context, timeout: float, group: GroupRole | None = None) -> PurgeRunner:
         s = self.settings
         return PurgeRunner(
             namespace=self.job.namespace,
@@ -343,6 +351,7 @@ class JobPurge:
             retry_max=60.0,
             renew_deadline=10.0,
             retry_period=s.lease_retry_period,
+            group=group,
         )
 
     def _purge(self, ctx: _Context, intent: Intent, deadline: float) -> JobExit:
@@ -377,18 +386,193 @@ class JobPurge:
                 return ctx.fail(JobExit.ERROR, "stopped; a re-run resumes this purge")
             intent = current
 
-    def _settled(self, ctx: _Context, settled: Settled) -> JobExit:
+    def _settled(self, ctx: _Context, settled: Settled, by: str | None = None) -> JobExit:
         d = settled.detail
+        who = f", by cluster {by}" if by and by != self.cluster else ""
         if settled.outcome is Outcome.PURGED:
             ctx.say(
                 f"purged: {ctx.cfg.app} {settled.image} via {d.provider} {d.target} "
-                f"(request {d.request_id}, {d.status}, rollout {settled.rollout_id})"
+                f"(request {d.request_id}, {d.status}, rollout {settled.rollout_id}{who})"
             )
             return JobExit.OK
         if settled.outcome is Outcome.SKIPPED:
-            ctx.say(f"skipped: {ctx.cfg.app} {settled.image}: {d.error}: {d.message}")
+            ctx.say(f"skipped: {ctx.cfg.app} {settled.image}: {d.error}: {d.message}{who}")
             return JobExit.OK
-        return ctx.fail(JobExit.PURGE_FAILED, f"purge failed: {d.error}: {d.message}")
+        return ctx.fail(JobExit.PURGE_FAILED, f"purge failed: {d.error}: {d.message}{who}")
+
+    # -- cluster groups -----------------------------------------------------------------------
+    def _write(self, app: str, expected: AppRecord, new: AppRecord) -> AppRecord:
+        """Compare-and-set the app's entry; the entry as it is after (ours, or a newer one a
+        concurrent writer made: the caller re-reads and decides again)."""
+        if new != expected and not self.ledger.compare_and_set(app, expected, new):
+            self.ledger.load()
+            return self.ledger.get(app)
+        return new
+
+    def _group_decision(
+        self, ctx: _Context, grp: JobGroup, from_image: str | None
+    ) -> tuple[JobDecision, ChainLink | None, AppRecord]:
+        """The group's head adopted into this cluster's ledger, then the Job's rules."""
+        record = self.ledger.get(ctx.cfg.app)
+        head = grp.head(record)
+        adopted = adopt(
+            record, head, group=self.settings.cluster_group, app=ctx.cfg.app, owe_webhooks=False
+        )
+        decision = decide_for_job(
+            group=self.settings.cluster_group,
+            app=ctx.cfg.app,
+            image=ctx.image,
+            from_image=from_image,
+            record=adopted,
+            now=time.time(),
+        )
+        return decision, head, self._write(ctx.cfg.app, record, adopted)
+
+    def _run_group(self, ctx: _Context, deadline: float, from_image: str | None) -> JobExit:
+        cfg = ctx.cfg
+        try:
+            grp = JobGroup(
+                self.settings,
+                namespace=self.job.namespace,
+                app=cfg.app,
+                out=ctx.out,
+                stop=self.stop,
+                clock=self.clock,
+            )
+        except GroupUsageError as exc:
+            return ctx.fail(JobExit.USAGE, str(exc))
+        self.cluster = grp.cluster
+        ctx.fields["cluster"] = grp.cluster
+        with grp:
+            decision, head, record = self._group_decision(ctx, grp, from_image)
+            if decision.verdict in (JobVerdict.ALREADY_PURGED, JobVerdict.ALREADY_SKIPPED):
+                return self._already(ctx, decision, by=head.cluster if head else None)
+            intent = decision.intent
+            assert intent is not None
+            if self.job.dry_run:
+                return self._dry_run(ctx, decision)
+            self._check_domains(ctx, decision)
+            if decision.verdict is JobVerdict.PURGE:
+                # In a group the claim's winner alone makes the intent PURGING.
+                intent = replace(intent, state=IntentState.FOLLOWING)
+                wanted = replace(record, intent=intent).with_attempt(
+                    intent.rollout_id, intent.attempt
+                )
+                if self._write(cfg.app, record, wanted) != wanted:
+                    return ctx.fail(JobExit.ERROR, f"the ledger entry of {cfg.app} changed; retry")
+            return self._claim_loop(ctx, grp, head, intent, deadline)
+
+    def _claim_loop(
+        self,
+        ctx: _Context,
+        grp: JobGroup,
+        head: ChainLink | None,
+        intent: Intent,
+        deadline: float,
+    ) -> JobExit:
+        cfg = ctx.cfg
+        rid = intent.rollout_id
+        me = grp.complete(ctx.image, rid, head, ctx.dep)
+        since = self.clock()
+        role = GroupRole(
+            grp.members,
+            self.settings.cluster_group,
+            claim_holder(grp.cluster, grp.instance),
+            JOB_CLAIM_LEASE,
+        )
+        left = deadline - self.clock()
+        runner = self._runner(ctx, min(self.settings.invalidation_timeout, max(1.0, left)), role)
+        while True:
+            agreement = grp.wait_for_agreement(me, deadline, since)
+            if agreement.accord is Accord.WAIT:
+                return ctx.fail(
+                    JobExit.TIMEOUT,
+                    f"timeout: the group did not agree on rollout {rid}: {agreement.reason}",
+                )
+            kind = ClaimKind.PURGE if agreement.accord is Accord.PURGE else ClaimKind.SKIP
+            record = self.ledger.get(cfg.app)
+            current = record.intent if record.intent is not None else intent
+            seq = record.settled.seq if record.settled is not None else -1
+            claim = GroupClaim(kind, current, since, seq, agreement.reason)
+            runner.claim_now(cfg.deployment, ctx.dep, cfg, claim)
+            record = self.ledger.get(cfg.app)
+            if record.settled is not None and record.settled.rollout_id == rid:
+                return self._settled(ctx, record.settled)
+            # Not ours (held by another member), or ours and backing off: wait for the
+            # winner's outcome, or our retry, or half a lease (the holder may have died).
+            pause = runner.retry_in(cfg.deployment)
+            wake = self.clock() + (pause if pause is not None else JOB_CLAIM_LEASE / 2)
+            while self.clock() < min(wake, deadline):
+                link = grp.outcome_of(rid)
+                if link is not None:
+                    return self._adopt_outcome(ctx, link)
+                grp.changed.wait(min(1.0, max(0.0, min(wake, deadline) - self.clock())))
+                grp.changed.clear()
+                if self.stop.is_set():
+                    return ctx.fail(JobExit.ERROR, "stopped; a re-run resumes this purge")
+            if self.clock() >= deadline:
+                return ctx.fail(
+                    JobExit.TIMEOUT,
+                    f"timeout: no outcome for rollout {rid} from the group's claim holder",
+                )
+
+    def _adopt_outcome(self, ctx: _Context, link: ChainLink) -> JobExit:
+        """Another member settled the rollout: this cluster's ledger takes the outcome, and
+        the Job exits as the winner's did."""
+        app = ctx.cfg.app
+        for _ in range(5):
+            record = self.ledger.get(app)
+            adopted = adopt(
+                record, link, group=self.settings.cluster_group, app=app, owe_webhooks=False
+            )
+            if self._write(app, record, adopted) == adopted:
+                break
+        log.info("job.group_outcome", outcome=str(link.outcome), by=link.cluster, **ctx.fields)
+        return self._settled(ctx, link.settled(owe_webhooks=False), by=link.cluster)
+
+    # -- `wait --group` -----------------------------------------------------------------------
+    def group_wait(self) -> JobExit:
+        """After `wait` saw the rollout complete here: publish it, then wait until every
+        member completed the same rollout (docs/architecture.md, "Job mode")."""
+        deadline = math.inf if self.job.timeout <= 0 else self.clock() + self.job.timeout
+        try:
+            ctx = self._context()
+        except JobUsageError as exc:
+            print(f"cache-buster wait: {exc}", file=self.err, flush=True)
+            return JobExit.USAGE
+        try:
+            grp = JobGroup(
+                self.settings,
+                namespace=self.job.namespace,
+                app=ctx.cfg.app,
+                out=ctx.out,
+                stop=self.stop,
+                clock=self.clock,
+            )
+        except GroupUsageError as exc:
+            print(f"cache-buster wait: {exc}", file=self.err, flush=True)
+            return JobExit.USAGE
+        self.ledger.load()
+        from_image = previous_image(ctx.dep, self._replicasets(ctx.dep), ctx.cfg.container)
+        with grp:
+            decision, head, _ = self._group_decision(ctx, grp, from_image)
+            if decision.intent is None:
+                assert decision.settled is not None
+                ctx.say(f"group: rollout {decision.settled.rollout_id} was settled before")
+                return JobExit.OK
+            rid = decision.intent.rollout_id
+            me = grp.complete(ctx.image, rid, head, ctx.dep)
+            agreement = grp.wait_for_agreement(me, deadline, self.clock())
+            if agreement.accord is Accord.WAIT:
+                print(
+                    f"cache-buster wait: timeout: the group did not complete rollout {rid}: "
+                    f"{agreement.reason}",
+                    file=self.err,
+                    flush=True,
+                )
+                return JobExit.TIMEOUT
+            ctx.say(f"group: {agreement.reason} (rollout {rid}, {agreement.accord})")
+            return JobExit.OK
 
     # -- --dry-run ----------------------------------------------------------------------------
     def _dry_run(self, ctx: _Context, decision: JobDecision) -> JobExit:
@@ -424,16 +608,19 @@ def main(
     err: IO[str],
     stop: threading.Event | None = None,
     providers: Mapping[str, Provider] | None = None,
+    group: bool = False,
+    prog: str = "purge",
 ) -> int:
     """`cache-buster purge`: settings from the environment (as `aggregate`), flags on top;
-    returns a JobExit. Bad settings or flags: one line naming them, status 2."""
+    returns a JobExit. Bad settings or flags: one line naming them, status 2. `prog="wait"`
+    runs `wait --group`'s part after the rollout completed here (`JobPurge.group_wait`)."""
     from sidecar import logs
     from sidecar.aggregator import wiring
     from sidecar.config import ConfigError
     from sidecar.core.grammar import parse_duration
 
     def usage(line: str) -> int:
-        print(f"cache-buster purge: {line}", file=err, flush=True)
+        print(f"cache-buster {prog}: {line}", file=err, flush=True)
         return int(JobExit.USAGE)
 
     try:
@@ -457,13 +644,15 @@ def main(
         timeout=seconds,
         strict=strict,
         dry_run=dry_run,
+        group=group,
     )
     chosen = providers if providers is not None else wiring.providers(settings)
     try:
-        return int(JobPurge(job, settings, api_client, chosen, out=out, err=err, stop=stop).run())
+        runner = JobPurge(job, settings, api_client, chosen, out=out, err=err, stop=stop)
+        return int(runner.group_wait() if prog == "wait" else runner.run())
     except Exception as exc:  # an API or network failure: status 1, worth a new Pod
         log.error("job.error", error=_one_line(exc), deployment=deployment)
-        print(f"cache-buster purge: {_one_line(exc)}", file=err, flush=True)
+        print(f"cache-buster {prog}: {_one_line(exc)}", file=err, flush=True)
         return int(JobExit.ERROR)
     finally:
         api_client.close()

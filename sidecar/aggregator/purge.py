@@ -260,6 +260,12 @@ class PurgeRunner:
         halt = _WhileLeading(self._stop, self._leading_for, self._margin)
         self._purge_once(name, dep, cfg, intent, halt, None)
 
+    def claim_now(self, name: str, dep: Obj, cfg: AppConfig, claim: GroupClaim) -> None:
+        """Job mode in a group: take the group's claim and act on it as its winner (purge or
+        skip), in the caller's thread; not won, nothing is done (the winner's outcome
+        arrives through the mirrors)."""
+        self._claim_then(name, dep, cfg, claim)
+
     def retry_in(self, name: str) -> float | None:
         """Seconds until the backoff allows the next attempt (None: no retry is scheduled)."""
         retries = self._retries.get(name)

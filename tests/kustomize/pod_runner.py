@@ -22,8 +22,9 @@ from typing import Any
 
 Obj = dict[str, Any]
 
-# What the kubelet accepts as a variable name from envFrom; other keys are skipped (with an
-# event, "InvalidEnvironmentVariableNames").
+# What the kubelet accepts as a variable name from envFrom (the C-identifier-like rule; the
+# RelaxedEnvironmentVariableValidation gate of newer releases accepts more); other keys are
+# skipped, with an InvalidEnvironmentVariableNames event.
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 
 
@@ -48,7 +49,7 @@ def expand(text: str, env: Mapping[str, str]) -> str:
                 i += 2
                 continue
             name = text[i + 2 : close]
-            out.append(env[name] if name in env else f"$({name})")
+            out.append(env.get(name, f"$({name})"))
             i = close + 1
         else:
             out.append("$" + nxt)
@@ -181,4 +182,3 @@ def run_container(
         stderr=proc.stderr,
         seconds=time.monotonic() - started,
     )
-
