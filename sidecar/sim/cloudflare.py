@@ -43,7 +43,6 @@ import hashlib
 import json
 import re
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -52,10 +51,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from sidecar.sim.lifecycle import QuietHTTPServer, Service, serve, shut
 from sidecar.sim.simlog import get_logger
 
 if TYPE_CHECKING:
-    from types import TracebackType
+    pass
 
 API_PREFIX = "/client/v4"
 # Not a secret: the emulator's own credential, accepted with every permission on every zone.
@@ -233,7 +233,7 @@ class _Response:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class CloudflareEmulator:
+class CloudflareEmulator(Service):
     """A local Cloudflare API. Use as a context manager or call start()/stop(); `url` is the
     API base (`.../client/v4`), what the provider's `api_url` takes."""
 
@@ -269,38 +269,17 @@ class CloudflareEmulator:
             pass
 
         Handler.emulator = emulator
-        server = _QuietHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
+        server = QuietHTTPServer(("127.0.0.1", 0), Handler)
+        server.name = "cloudflare"
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.02},
-            name="cloudflare-emulator",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = serve(server, "cloudflare-emulator")
         log.info("sim.cloudflare.started", url=self.url)
         return self
 
     def stop(self) -> None:
         server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> CloudflareEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        thread, self._thread = self._thread, None
+        shut(server, thread)
 
     @property
     def url(self) -> str:
@@ -811,14 +790,6 @@ def _zone_json(zone: _Zone) -> dict[str, Any]:
 def _seconds(value: float) -> str:
     """A Retry-After value: whole seconds when it is one, else the fraction."""
     return str(int(value)) if value == int(value) else f"{value:.3f}"
-
-
-class _QuietHTTPServer(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-            return
-        log.debug("sim.cloudflare.handler_error", client=str(client_address), error=repr(exc))
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -32,7 +32,6 @@ from __future__ import annotations
 import re
 import secrets
 import string
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -45,11 +44,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
 
+from sidecar.sim.lifecycle import QuietHTTPServer, Service, serve, shut
 from sidecar.sim.simlog import get_logger
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     import boto3
     from mypy_boto3_cloudfront import CloudFrontClient
 
@@ -205,7 +203,7 @@ class _Call:
     invalidation_id: str | None = None
 
 
-class CloudFrontEmulator:
+class CloudFrontEmulator(Service):
     """A local CloudFront endpoint. Use as a context manager or call start()/stop()."""
 
     def __init__(
@@ -263,38 +261,16 @@ class CloudFrontEmulator:
             pass
 
         Handler.emulator = emulator
-        server = _QuietHTTPServer(("127.0.0.1", 0), Handler)
-        server.daemon_threads = True
+        server = QuietHTTPServer(("127.0.0.1", 0), Handler)
+        server.name = "cloudfront"
         self._server = server
-        self._thread = threading.Thread(
-            # A short poll so stop() returns quickly (the default 0.5 s adds up in tests).
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.02},
-            name="cloudfront-emulator",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = serve(server, "cloudfront-emulator")
         return self
 
     def stop(self) -> None:
         server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> CloudFrontEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        thread, self._thread = self._thread, None
+        shut(server, thread)
 
     @property
     def url(self) -> str:
@@ -846,16 +822,6 @@ def _error_response(err: _ApiError) -> _Response:
         f"</Error><RequestId>{request_id}</RequestId></ErrorResponse>"
     )
     return _Response(err.status, xml, {"x-amzn-RequestId": request_id})
-
-
-class _QuietHTTPServer(ThreadingHTTPServer):
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # socketserver prints a traceback to stderr; a client hanging up (a dropped response,
-        # a test ending) is routine, anything else is worth a debug line, not stderr noise.
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-            return
-        log.debug("sim.cloudfront.handler_error", client=str(client_address), error=repr(exc))
 
 
 class _Handler(BaseHTTPRequestHandler):

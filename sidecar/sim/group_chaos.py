@@ -199,7 +199,7 @@ class GroupChaos:
         while time.monotonic() < deadline:
             if predicate():
                 return True
-            time.sleep(0.05)
+            time.sleep(0.1)  # every app's driver polls: keep the harness's own load low
         return bool(predicate())
 
     # -- one app's rollouts -------------------------------------------------------------------

@@ -19,9 +19,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
+
+from sidecar.sim.lifecycle import Service
 
 if TYPE_CHECKING:
     import redis
@@ -87,7 +88,7 @@ def _die_with_parent() -> None:
         pass
 
 
-class RedisServer:
+class RedisServer(Service):
     """One redis-server process. Use `start()` / `stop()` or `with RedisServer() as server:`."""
 
     host: str
@@ -115,17 +116,6 @@ class RedisServer:
         self._lock = threading.RLock()
 
     # --- lifecycle --------------------------------------------------------------------------
-
-    def __enter__(self) -> RedisServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def running(self) -> bool:

@@ -21,7 +21,8 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass, field
-from types import TracebackType
+
+from sidecar.sim.lifecycle import Service
 
 __all__ = ["ProxyMode", "TcpProxy"]
 
@@ -52,7 +53,7 @@ class _Link:
     to_upstream: bytearray = field(default_factory=bytearray)
 
 
-class TcpProxy:
+class TcpProxy(Service):
     def __init__(self, target_host: str, target_port: int, *, listen_port: int = 0) -> None:
         self.target = (target_host, target_port)
         self._port = listen_port
@@ -152,17 +153,6 @@ class TcpProxy:
 
     def blackhole(self) -> None:
         self.set_mode(ProxyMode.BLACKHOLE)
-
-    def __enter__(self) -> TcpProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         port = self._port or "?"

@@ -360,7 +360,8 @@ class World:
             dep = self.kube.get("deployments", self.namespace, name)
             if dep is not None and rollout_status(dep).complete:
                 return last
-            time.sleep(0.005)
+            # The pod that turned ready is timed exactly (`last`); the poll only paces it.
+            time.sleep(0.02)
         raise TimeoutError(f"deployment {name} did not complete")
 
     def provider(self, **kw: Any) -> CloudFrontProvider:

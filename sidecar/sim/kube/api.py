@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from sidecar.sim.kube.controller import KubeController
@@ -30,6 +29,7 @@ from sidecar.sim.kube.objects import Obj, controller_uid, pod_active, pod_ready
 from sidecar.sim.kube.patch import clone, merge_patch
 from sidecar.sim.kube.selectors import parse_label_selector
 from sidecar.sim.kube.store import Store
+from sidecar.sim.lifecycle import Service
 from sidecar.sim.simlog import get_logger
 
 if TYPE_CHECKING:
@@ -100,7 +100,7 @@ def deployment_manifest(
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": spec}
 
 
-class KubeEmulator:
+class KubeEmulator(Service):
     def __init__(
         self,
         *,
@@ -180,17 +180,6 @@ class KubeEmulator:
             self._thread.join(timeout=5)
             self._thread = None
         self.controller.stop()
-
-    def __enter__(self) -> KubeEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _record(self, method: str, path: str) -> None:
         with self._requests_lock:
