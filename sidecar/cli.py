@@ -209,6 +209,25 @@ def demo(
     invalidations it should (1, 0, 0, 1, 2 for the single-cluster scenarios in
     --scenario order; 1, and 0 for peer-timeout, in a group), else 1 and why.
     """
+    import importlib.util
+    import shutil
+
+    # The image installs no extras: say what is missing instead of an ImportError.
+    if clusters == 1 and importlib.util.find_spec("fakeredis") is None:
+        print(
+            "cache-buster demo: needs the demo extra (fakeredis): pip install "
+            "'cache-buster[demo]', or `make demo` from a checkout; the container image ships "
+            "without it (`cache-buster sim` runs the emulators there)",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
+    if clusters > 1 and shutil.which("redis-server") is None:
+        print(
+            "cache-buster demo: --clusters 2 or more runs one real redis-server per cluster; "
+            "none is on PATH (Debian: apt-get install redis-server)",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2)
     from sidecar.sim.demo import SCENARIOS
 
     if clusters == 1:

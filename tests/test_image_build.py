@@ -592,6 +592,11 @@ def _check_runs_as_non_root(user: NonRoot, env: Mapping[str, str]) -> None:
     assert report_help.returncode == 0, report_help.stderr
     assert "usage: cache-buster report" in report_help.stdout
 
+    # No demo extra in the image: `demo` says so in one line instead of an ImportError.
+    demo = user.run(["cache-buster", "demo"], env)
+    assert demo.returncode == 2, demo.stdout + demo.stderr
+    assert "needs the demo extra" in demo.stderr and "Traceback" not in demo.stderr
+
     bad = user.run(["cache-buster", "aggregate"], {**env, "MODE": "bogus"})
     assert bad.returncode == 2, bad.stdout + bad.stderr
     assert "cache-buster aggregate: invalid configuration: MODE" in bad.stderr
