@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from sidecar.core.annotations import MAX_PATHS
 from sidecar.core.grammar import (
     ANNOTATION_PREFIX,
     DURATION_HINT,
@@ -45,6 +46,12 @@ from sidecar.core.grammar import (
     parse_redis_endpoint,
     parse_redis_url,
     parse_zone_id,
+)
+from sidecar.core.guard import (
+    Guard,
+    parse_allowed_distributions,
+    parse_allowed_domains,
+    parse_allowed_zones,
 )
 from sidecar.webhooks.config import WebhookConfig, WebhookConfigError, load_webhooks
 
@@ -334,6 +341,21 @@ SETTINGS: tuple[Setting, ...] = (
             "`N/m` or `N/h` (bucket 5 x N); your plan's limit, e.g. `10/s` on Business", _rate),
     Setting("CLOUDFLARE_PURGE_EVERYTHING", "false", "allow `cache-buster.io/cloudflare-purge: "
             "everything` (purges a whole zone)", _boolean),
+    # The guard (sidecar/core/guard.py): what the platform team lets apps purge; unset,
+    # nothing is restricted. MAX_PATHS defaults to CloudFront's limit per invalidation, which
+    # the paths annotation enforces anyway.
+    Setting("ALLOWED_DOMAINS", "", "guard: comma list of domains apps may purge: `example.com` "
+            "(it and every name under it) or `*.example.com` (names under it only); unset: any",
+            _explained(parse_allowed_domains, "domains like example.com or *.example.com"),
+            unset=()),
+    Setting("ALLOWED_DISTRIBUTIONS", "", "guard: comma list of CloudFront distribution ids apps "
+            "may purge, annotated or found by alias; unset: any",
+            _explained(parse_allowed_distributions, "CloudFront distribution ids"), unset=()),
+    Setting("ALLOWED_ZONES", "", "guard: comma list of Cloudflare zone ids apps may purge, "
+            "named or found by lookup; unset: any",
+            _explained(parse_allowed_zones, "Cloudflare zone ids"), unset=()),
+    Setting("MAX_PATHS", str(MAX_PATHS), f"guard: the most paths one app's purge may name (1 to "
+            f"{MAX_PATHS}, CloudFront's limit per invalidation)", _integer(1, MAX_PATHS)),
     Setting("CLUSTER_GROUP", "default", "name of the cluster group", _label_value),
     Setting("CLUSTER_NAME", "", "this cluster's name; generated and persisted when unset",
             _label_value, shown="generated"),
@@ -411,6 +433,10 @@ class Settings:
         default_factory=lambda: _default("CLOUDFLARE_RATE_LIMIT")
     )
     cloudflare_purge_everything: bool = _default("CLOUDFLARE_PURGE_EVERYTHING")
+    allowed_domains: tuple[str, ...] = _default("ALLOWED_DOMAINS")
+    allowed_distributions: tuple[str, ...] = _default("ALLOWED_DISTRIBUTIONS")
+    allowed_zones: tuple[str, ...] = _default("ALLOWED_ZONES")
+    max_paths: int = _default("MAX_PATHS")
     cluster_group: str = _default("CLUSTER_GROUP")
     cluster_name: str | None = _default("CLUSTER_NAME")
     cluster_configmap: str = _default("CLUSTER_CONFIGMAP")
@@ -456,6 +482,16 @@ class Settings:
         return _from_env(env, namespace_file, hostname)
 
     @property
+    def guard(self) -> Guard:
+        """The allow-lists and the path cap, for the evaluator and the purge runner."""
+        return Guard(
+            allowed_domains=self.allowed_domains,
+            allowed_distributions=self.allowed_distributions,
+            allowed_zones=self.allowed_zones,
+            max_paths=self.max_paths,
+        )
+
+    @property
     def has_cloudflare_token(self) -> bool:
         return bool(
             self.cloudflare_api_token or self.authorization_header or self.cloudflare_api_token_file
@@ -498,6 +534,8 @@ class Settings:
 def _show(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, tuple):  # the guard's lists
+        return ",".join(str(v) for v in value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):

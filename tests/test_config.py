@@ -322,6 +322,12 @@ def test_lease_timings_are_ordered() -> None:
         ("LEDGER_CONFIGMAP", "under_score"),
         ("NAMESPACE", "Shop"),
         ("WEBHOOKS_CONFIG", "/nonexistent/hooks.json"),
+        ("ALLOWED_DOMAINS", "example"),
+        ("ALLOWED_DOMAINS", ","),
+        ("ALLOWED_DISTRIBUTIONS", "e2qwruhapomqzl"),
+        ("ALLOWED_ZONES", "not-a-zone"),
+        ("MAX_PATHS", "0"),
+        ("MAX_PATHS", "3001"),
     ],
 )
 def test_bad_values_name_the_setting(name: str, value: str) -> None:
@@ -329,6 +335,41 @@ def test_bad_values_name_the_setting(name: str, value: str) -> None:
         load({name: value})
     assert info.value.setting == name
     assert str(info.value).startswith(f"{name}: ")
+
+
+def test_guard_settings() -> None:
+    from sidecar.aggregator.wiring import options
+    from sidecar.core.guard import Guard
+
+    assert load({}).guard == Guard()  # unset: no restriction, CloudFront's path limit
+    assert load({}).max_paths == 3000
+    s = load(
+        {
+            "ALLOWED_DOMAINS": "Example.com., *.shop.example.net",
+            "ALLOWED_DISTRIBUTIONS": "E2QWRUHAPOMQZL",
+            "ALLOWED_ZONES": "0123456789ABCDEF0123456789ABCDEF",
+            "MAX_PATHS": "100",
+        }
+    )
+    assert s.guard == Guard(
+        allowed_domains=("example.com", "*.shop.example.net"),
+        allowed_distributions=("E2QWRUHAPOMQZL",),
+        allowed_zones=("0123456789abcdef0123456789abcdef",),
+        max_paths=100,
+    )
+    assert options(s, "c1", "i1").guard == s.guard  # what `aggregate` hands the aggregator
+    shown = s.describe()
+    assert shown["ALLOWED_DOMAINS"] == "example.com,*.shop.example.net"
+    assert (shown["ALLOWED_ZONES"], shown["MAX_PATHS"]) == (
+        "0123456789abcdef0123456789abcdef",
+        "100",
+    )
+    with pytest.raises(ConfigError) as info:
+        load({"ALLOWED_DOMAINS": "example.com,shop_example.com"})
+    assert str(info.value) == (
+        "ALLOWED_DOMAINS: expected domains like example.com or *.example.com: "
+        '"shop_example.com" is not a valid host name'
+    )
 
 
 def test_metrics_port_zero_disables_and_names_are_kept() -> None:

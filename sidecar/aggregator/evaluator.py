@@ -250,6 +250,13 @@ class Evaluator:
                 name, state, duplicate_key_message(name, cfg, owner.deployment, owner.why)
             )
             return None
+        # The platform team's guard on what the annotations name (sidecar.core.guard): outside
+        # it, one config error and no purge. Domains derived from Ingresses are judged by the
+        # purge runner, the only one that reads them.
+        problem = self._options.guard.check_app(cfg, cfg.domains)
+        if problem is not None:
+            self._config_error(name, state, f"deployment {cfg.key}: {problem}")
+            return None
         if state.config_error is not None:
             log.info("app.config_fixed", deployment=name)
             state.config_error = None

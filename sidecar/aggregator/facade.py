@@ -191,6 +191,7 @@ class Aggregator:
             renew_deadline=options.renew_deadline,
             retry_period=options.retry_period,
             group=group_role,
+            guard=options.guard,
         )
         self._evaluator = Evaluator(
             options,

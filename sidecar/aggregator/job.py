@@ -352,6 +352,8 @@ class JobPurge:
             renew_deadline=10.0,
             retry_period=s.lease_retry_period,
             group=group,
+            # Honoured when set, but no security boundary here: the app team sets the Job's env.
+            guard=s.guard,
         )
 
     def _purge(self, ctx: _Context, intent: Intent, deadline: float) -> JobExit:

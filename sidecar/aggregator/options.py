@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from sidecar.config import Settings
 from sidecar.core.backoff import PURGE_RETRY
+from sidecar.core.guard import Guard
 from sidecar.kube.reflector import WATCH_TIMEOUT
 
 _DEFAULTS = Settings()
@@ -42,6 +43,9 @@ class AggregatorOptions:
     report_stale_after: float = _DEFAULTS.report_stale_after  # older heartbeats are ignored
     purge_retry_max: float = PURGE_RETRY.cap  # the longest wait between purge attempts
     watch_timeout: int = WATCH_TIMEOUT
+    # The platform team's allow-lists and path cap (sidecar.core.guard): the evaluator reports
+    # an app outside them as a config error, the purge runner refuses lookups outside them.
+    guard: Guard = _DEFAULTS.guard
 
     @property
     def report_recheck_every(self) -> float:

@@ -42,6 +42,7 @@ from sidecar.core.group import (
     claim_key,
     holder_cluster,
 )
+from sidecar.core.guard import NOT_ALLOWED, Guard
 from sidecar.core.records import (
     AppRecord,
     Intent,
@@ -199,8 +200,10 @@ class PurgeRunner:
         renew_deadline: float,
         retry_period: float,
         group: GroupRole | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self._group = group
+        self._guard = guard or Guard()
         self._namespace = namespace
         self._cluster = cluster
         self._providers = providers
@@ -328,7 +331,7 @@ class PurgeRunner:
         as `plan()` does (reads only); nothing is written anywhere."""
         provider, request = self._request(dep, cfg, intent)
         if not request.targets:
-            request = replace(request, targets=provider.plan(request))
+            request = replace(request, targets=self._plan(provider, request))
         return provider.preview(request)
 
     def _request(
@@ -361,6 +364,11 @@ class PurgeRunner:
         domains = self._domains(dep, cfg) if dep is not None else list(cfg.domains)
         if not domains and not cfg.distribution_id and not cfg.zone:
             raise PurgeError(NO_DOMAINS, NO_DOMAIN, retryable=False)
+        # The guard, on what the app names: domains derived from its Ingresses are known only
+        # here (the evaluator refused annotated ones already); in Job mode this is the check.
+        problem = self._guard.check_app(cfg, domains)
+        if problem is not None:
+            raise PurgeError(NOT_ALLOWED, problem, retryable=False)
         return provider, PurgeRequest(
             app=cfg.app,
             namespace=self._namespace,
@@ -380,13 +388,23 @@ class PurgeRunner:
     ) -> tuple[Intent, PurgeRequest] | None:
         """Resolve the targets and write the plan into the PURGING intent before any CDN call
         (None: the ledger moved on, this purge is not ours to make)."""
-        targets = provider.plan(request)
+        targets = self._plan(provider, request)
         plan = PurgePlan.of(provider.name, targets, request.paths)
         planned = replace(intent, plan=plan)
         if not self._update_intent(cfg, intent, planned):
             return None
         self._mirror_plan(cfg, planned)  # a group's successor claimer resumes this request
         return planned, replace(request, targets=targets, domains=())
+
+    def _plan(self, provider: Provider, request: PurgeRequest) -> tuple[str, ...]:
+        """The provider's targets, refused when the guard does not allow one: a distribution
+        found by alias, a zone found by lookup. Every new plan passes here before it is
+        recorded; a replay sends a plan that passed when it was made."""
+        targets = provider.plan(request)
+        problem = self._guard.check_targets(provider.name, targets)
+        if problem is not None:
+            raise PurgeError(NOT_ALLOWED, problem, retryable=False)
+        return targets
 
     def _update_intent(self, cfg: AppConfig, intent: Intent, new: Intent) -> bool:
         """Compare-and-set the app's intent (same rollout, still PURGING) to `new`."""
@@ -489,6 +507,9 @@ class PurgeRunner:
                 return
             log.error(LogEvent.PURGE_FAILED, error=exc.code, message=exc.message, **fields)
             self._count(cfg, "failed")
+            if exc.code == NOT_ALLOWED:
+                # The guard's refusal is the app's configuration error too (one per rollout).
+                self._metrics.config_errors.labels(app=name).inc()
             detail = PurgeDetail(error=exc.code, message=exc.message[:300])
             self._settle(cfg, intent, after_failed_purge, detail)
             self._notifier.purge_failed(name, cfg, intent, f"{exc.code}: {exc.message}")

@@ -133,6 +133,7 @@ def options(settings: Settings, cluster: str, instance: str) -> AggregatorOption
         report_stale_after=settings.report_stale_after,
         group_timeout=settings.group_timeout,
         on_peer_timeout=settings.on_peer_timeout,
+        guard=settings.guard,
     )
 
 

@@ -17,9 +17,11 @@ from typing import Any
 
 from sidecar.core.grammar import (
     ANNOTATION_PREFIX,
+    DISTRIBUTION_ID_HINT,
     DURATION_HINT,
     LABEL_VALUE_HINT,
     Probe,
+    is_distribution_id,
     is_label_value,
     parse_cache_tag,
     parse_domain,
@@ -88,8 +90,6 @@ CLOUDFLARE_PURGE_MODES = ("files", "prefixes", "hosts", "tags", "everything")
 # `wait-for-old-pods`: how long past kubectl's verdict we wait for old pods to go.
 DEFAULT_OLD_PODS_TIMEOUT = 300.0
 
-# CloudFront ids are upper-case letters and digits (AWS examples: E2QWRUHAPOMQZL).
-_DISTRIBUTION_ID = re.compile(r"^[A-Z0-9]{10,20}$")
 _HOOK_NAME = re.compile(r"^[^\s,]+$")
 
 
@@ -316,11 +316,11 @@ def _app_config(deployment: Mapping[str, Any]) -> AppConfig:
     distribution_id = None
     if DISTRIBUTION_ID in ann:
         distribution_id = ann[DISTRIBUTION_ID].strip()
-        if not _DISTRIBUTION_ID.match(distribution_id):
+        if not is_distribution_id(distribution_id):
             raise AnnotationError(
                 DISTRIBUTION_ID,
                 f"{json.dumps(ann[DISTRIBUTION_ID])} is not a CloudFront distribution id "
-                "(10 to 20 upper-case letters and digits, like E2QWRUHAPOMQZL)",
+                f"({DISTRIBUTION_ID_HINT})",
             )
 
     zone = None

@@ -13,6 +13,23 @@ from typing import Any
 Obj = Mapping[str, Any]
 
 
+def normalize_host(name: str) -> str:
+    """Hosts compare case-blind and without a trailing dot."""
+    return name.strip().lower().rstrip(".")
+
+
+def wildcards_covering(host: str) -> list[str]:
+    """The wildcard names covering a normalised `host`, nearest first: `a.b.example.com` ->
+    `*.b.example.com`, `*.example.com`, `*.com`. CloudFront's rule, which the guard
+    (`sidecar.core.guard`) shares: `*.example.com` covers every name with one or more labels
+    in front of `example.com`, not `example.com` itself. None for a name with an empty label
+    (`a..example.com` is no name CloudFront would route)."""
+    labels = host.split(".")
+    if "" in labels:
+        return []
+    return ["*." + ".".join(labels[start:]) for start in range(1, len(labels))]
+
+
 def _hosts(ingress: Obj, services: set[str] | None = None) -> list[str]:
     """Hosts of the Ingress's rules; with `services`, only rules routing to one of them."""
     spec = ingress.get("spec") or {}

@@ -1,7 +1,8 @@
 """The grammars of every value cache-buster reads, written once (stdlib only).
 
 Durations, ports, hosts, Redis endpoints and URLs, Kubernetes names, label keys, values and
-selectors, probe and version URLs, Cloudflare zone ids and the annotation prefix. Settings
+selectors, probe and version URLs, CloudFront distribution ids, Cloudflare zone ids and the
+annotation prefix. Settings
 (`sidecar.config`), annotations (`sidecar.core.annotations`), the reporter and the CLI all parse
 with these functions, so one value means the same thing for every command. Parsers raise
 `ValueError` with a message that never contains a password.
@@ -319,6 +320,19 @@ def _parse_url(value: str, schemes: tuple[str, ...], hint: str) -> Probe:
     if parts.query:
         path += f"?{parts.query}"
     return Probe(parts.scheme, host, _url_port(port, 443 if parts.scheme == "https" else 80), path)
+
+
+# ---------------------------------------------------------------------------------------------
+# CloudFront distribution ids
+
+# Upper-case letters and digits (AWS examples: E2QWRUHAPOMQZL).
+_DISTRIBUTION_ID = re.compile(r"^[A-Z0-9]{10,20}$")
+DISTRIBUTION_ID_HINT = "10 to 20 upper-case letters and digits, like E2QWRUHAPOMQZL"
+
+
+def is_distribution_id(text: str) -> bool:
+    """A CloudFront distribution id (DISTRIBUTION_ID_HINT)."""
+    return bool(_DISTRIBUTION_ID.match(text))
 
 
 # ---------------------------------------------------------------------------------------------

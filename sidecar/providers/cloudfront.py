@@ -56,6 +56,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from sidecar.core.backoff import PROVIDER_THROTTLE, BackoffPolicy
+from sidecar.core.domains import normalize_host
 from sidecar.logs import EventLogger, get_logger
 from sidecar.providers.base import (
     NO_DOMAINS,
@@ -66,12 +67,7 @@ from sidecar.providers.base import (
     PurgeResult,
     PurgeStatus,
 )
-from sidecar.providers.cloudfront_index import (
-    Aliases,
-    DistributionCache,
-    list_distributions,
-    normalize_host,
-)
+from sidecar.providers.cloudfront_index import Aliases, DistributionCache, list_distributions
 
 if TYPE_CHECKING:
     import boto3

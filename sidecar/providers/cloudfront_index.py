@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from sidecar.core.domains import normalize_host, wildcards_covering
 from sidecar.logs import EventLogger
 from sidecar.providers.base import PurgeError
 
@@ -34,10 +35,6 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 Aliases = dict[str, tuple[str, ...]]
-
-
-def normalize_host(name: str) -> str:
-    return name.strip().lower().rstrip(".")
 
 
 class AliasIndex:
@@ -64,15 +61,12 @@ class AliasIndex:
         if exact:
             # CloudFront refuses one alias on two distributions; lowest id keeps it determinate.
             return exact[0]
-        labels = host.split(".")
-        if "" in labels:  # "a..example.com": not a name CloudFront would route
-            return None
-        # A wildcard covers one or more labels in front of its parent: try the nearest parent
-        # first, so the most specific wildcard wins (*.b.example.com before *.example.com).
-        for start in range(1, len(labels)):
-            wildcard = self._index.get("*." + ".".join(labels[start:]))
-            if wildcard:
-                return wildcard[0]
+        # Nearest parent first, so the most specific wildcard wins (*.b.example.com before
+        # *.example.com).
+        for wildcard in wildcards_covering(host):
+            ids = self._index.get(wildcard)
+            if ids:
+                return ids[0]
         return None
 
 
