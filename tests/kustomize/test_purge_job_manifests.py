@@ -54,7 +54,9 @@ EXAMPLE_DIRS = ("examples/flux-job", ARGOCD, HELM)
 # The oldest release with podFailurePolicy GA, and a current one.
 KUBE_VERSIONS = ("1.31", "1.33")
 
-IMAGE = "ghcr.io/cache-buster/cache-buster:0.1.0"
+# The tag is set once, by the version component (tests/test_version.py checks it).
+_VERSION = yaml.safe_load((KUSTOMIZE / "components/version/kustomization.yaml").read_text("utf-8"))
+IMAGE = f"ghcr.io/cache-buster/cache-buster:{_VERSION['images'][0]['newTag']}"
 WAIT_ARGS = [
     "wait",
     "--deployment",
