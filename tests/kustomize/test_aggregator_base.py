@@ -12,11 +12,6 @@ helpers below.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-from functools import cache
-from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -24,19 +19,10 @@ import yaml
 
 from sidecar import __version__
 from sidecar.config import DEFAULTS, SETTINGS, Settings
+from tests.kustomize.manifests import KUSTOMIZE, NEEDS_KUBECTL, Obj, build
 
-pytestmark = [
-    pytest.mark.kubectl,
-    pytest.mark.skipif(
-        shutil.which("kubectl") is None,
-        reason="kubectl binary not on PATH (its kustomize builds the manifests)",
-    ),
-]
+pytestmark = NEEDS_KUBECTL
 
-Obj = dict[str, Any]
-
-ROOT = Path(__file__).resolve().parents[2]
-KUSTOMIZE = ROOT / "kustomize"
 BASE = "bases/aggregator"
 WATCHER = "examples/watcher"
 BUILDS = (BASE, WATCHER)
@@ -66,26 +52,6 @@ OPTIONAL_SECRET_KEYS = {
     "AWS_SECRET_ACCESS_KEY": "cache-buster-cdn",
     "CLOUDFLARE_API_TOKEN": "cache-buster-cdn",
 }
-
-
-def kustomize(path: Path) -> list[Obj]:
-    proc = subprocess.run(
-        ["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, f"kubectl kustomize {path}: {proc.stderr}"
-    assert proc.stderr == "", f"kubectl kustomize {path}: {proc.stderr}"  # no deprecations
-    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
-
-
-@cache
-def _built(rel: str) -> tuple[str, ...]:
-    # Cached as text so no test can change another's objects.
-    return tuple(json.dumps(o) for o in kustomize(KUSTOMIZE / rel))
-
-
-def build(rel: str) -> list[Obj]:
-    """The objects `kubectl kustomize kustomize/<rel>` prints."""
-    return [json.loads(o) for o in _built(rel)]
 
 
 def one(objs: list[Obj], kind: str) -> Obj:

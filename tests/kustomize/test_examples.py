@@ -24,8 +24,9 @@ import pytest
 import yaml
 
 from sidecar.config import Settings
+from tests.kustomize.manifests import kustomize
 from tests.kustomize.pod_runner import Pod, container_env
-from tests.kustomize.test_purge_job_manifests import CUSTOM_SCHEMAS, kustomize
+from tests.kustomize.test_purge_job_manifests import CUSTOM_SCHEMAS
 from tests.kustomize.test_sidecar_component import EXPECTED_REPORTER
 
 pytestmark = [

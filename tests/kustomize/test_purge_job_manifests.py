@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import kubernetes_validate
@@ -22,22 +19,12 @@ import pytest
 import yaml
 
 from sidecar.core.exits import FINAL
+from tests.kustomize.manifests import KUSTOMIZE, NEEDS_KUBECTL, ROOT, SCHEMAS, Obj, build, kustomize
 
-pytestmark = [
-    pytest.mark.kubectl,
-    pytest.mark.skipif(
-        shutil.which("kubectl") is None,
-        reason="kubectl binary not on PATH (its kustomize builds the manifests)",
-    ),
-]
+pytestmark = NEEDS_KUBECTL
 
-Obj = dict[str, Any]
-
-ROOT = Path(__file__).resolve().parents[2]
-KUSTOMIZE = ROOT / "kustomize"
 BASES = KUSTOMIZE / "bases"
 EXAMPLES = KUSTOMIZE / "examples"
-SCHEMAS = Path(__file__).resolve().parent / "schemas"
 
 # The kustomization directories this file is about (the sim example is checked only by the
 # build-and-validate test below).
@@ -137,26 +124,6 @@ CUSTOM_SCHEMAS = {
     ("image.toolkit.fluxcd.io/v1", "ImageUpdateAutomation"): "flux-imageupdateautomation-v1.json",
     ("argoproj.io/v1alpha1", "Application"): "argocd-application-v1alpha1.json",
 }
-
-
-def kustomize(path: Path) -> list[Obj]:
-    proc = subprocess.run(
-        ["kubectl", "kustomize", str(path)], capture_output=True, text=True, timeout=60
-    )
-    assert proc.returncode == 0, f"kubectl kustomize {path}: {proc.stderr}"
-    # kustomize warns on stderr about deprecated fields: none may be used.
-    assert proc.stderr == "", f"kubectl kustomize {path}: {proc.stderr}"
-    return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
-
-
-@cache
-def _built(rel: str) -> tuple[str, ...]:
-    # Cached as text so no test can change another's objects.
-    return tuple(json.dumps(o) for o in kustomize(KUSTOMIZE / rel))
-
-
-def build(rel: str) -> list[Obj]:
-    return [json.loads(o) for o in _built(rel)]
 
 
 def kinds(objs: list[Obj], kind: str) -> list[Obj]:
@@ -612,7 +579,7 @@ def test_the_helm_job_is_a_plain_post_install_and_upgrade_hook() -> None:
         "cache-buster-job"
     )
     # Plain YAML, nothing for Helm to render.
-    assert "{{" not in "".join(_built(HELM))
+    assert "{{" not in json.dumps(build(HELM))
 
 
 def _all_objects() -> Iterator[tuple[str, Obj]]:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from sidecar.sim.redis_servers import reporter_acl
-from tests.kustomize.test_purge_job_manifests import kustomize
+from tests.kustomize.manifests import kustomize
 
 pytestmark = [
     pytest.mark.kubectl,
